@@ -1,0 +1,41 @@
+"""Shared bits of the headless commands: consoles, JSON output and clean failure."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+# Exit codes shared by every command.
+EXIT_OK = 0
+EXIT_FAILED = 1  # the thing checked is bad (data errors, a run that failed)
+EXIT_USAGE = 2  # bad input: unknown preset, bad value, no such file
+
+
+def print_json(data: Any) -> None:
+    """Plain JSON on stdout (no Rich markup), one object."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def fail(lines: str | Iterable[str], code: int = EXIT_USAGE) -> NoReturn:
+    """Print each problem as `error: ...` on stderr and exit with `code`; never a traceback."""
+    if isinstance(lines, str):
+        lines = [lines]
+    for line in lines:
+        err_console.print(f"[bold red]error:[/] {line}", markup=True, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def gib(value_bytes: int | float | None, digits: int = 1) -> str:
+    """Bytes as GiB text, or a dash when unknown."""
+    if value_bytes is None:
+        return "-"
+    return f"{value_bytes / 1024**3:.{digits}f}"

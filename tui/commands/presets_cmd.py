@@ -1,0 +1,107 @@
+"""`tunedeck presets`: list, show and derive presets."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.syntax import Syntax
+from rich.table import Table
+
+from presets import PresetError, derive_preset, list_presets, load_preset, preset_to_yaml
+from presets import save_user_preset as _save
+from tui.commands.common import console, fail, print_json
+
+presets_app = typer.Typer(
+    help="List, show and create run presets.", invoke_without_command=True, no_args_is_help=False
+)
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="Override a field with a dotted key and a YAML value, e.g. training.max_steps=40 "
+        "or lora.r=32. Repeatable.",
+    ),
+]
+
+
+@presets_app.callback()
+def presets_list(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List shipped and user presets (user presets shadow shipped ones of the same name)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    entries = list_presets()
+    if as_json:
+        print_json(
+            {
+                "presets": [
+                    {
+                        "name": e.name,
+                        "source": e.source,
+                        "path": str(e.path),
+                        "valid": e.preset is not None,
+                        "errors": e.error.lines if e.error else [],
+                        "description": e.preset.description if e.preset else "",
+                        "model": e.preset.model if e.preset else None,
+                        "trainer": e.preset.trainer if e.preset else None,
+                        "method": e.preset.method if e.preset else None,
+                        "num_gpus": e.preset.launch.num_gpus if e.preset else None,
+                    }
+                    for e in entries
+                ]
+            }
+        )
+        return
+    table = Table(title="presets", title_justify="left", expand=False)
+    for col in ("name", "source", "trainer", "method", "model", "description"):
+        table.add_column(col, overflow="fold")
+    for e in entries:
+        if e.preset is None:
+            first = e.error.lines[0] if e.error else "invalid"
+            table.add_row(e.name, e.source, "-", "-", "-", f"[red]invalid:[/] {first}")
+            continue
+        p = e.preset
+        gpus = f" x{p.launch.num_gpus}" if p.launch.num_gpus > 1 else ""
+        table.add_row(p.name, e.source, p.trainer, p.method + gpus, p.model, p.description)
+    console.print(table)
+
+
+@presets_app.command("show")
+def presets_show(
+    name: Annotated[str, typer.Argument(help="Preset name or path to a YAML file.")],
+    overrides: SetOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Print a preset fully resolved (defaults filled in), as YAML."""
+    try:
+        preset = load_preset(name, overrides or [])
+    except PresetError as exc:
+        fail(exc.lines)
+    if as_json:
+        print_json(preset.model_dump(mode="json"))
+        return
+    console.print(Syntax(preset_to_yaml(preset), "yaml", theme="ansi_dark", background_color="default"))
+
+
+@presets_app.command("new")
+def presets_new(
+    name: Annotated[str, typer.Argument(help="Name of the new user preset.")],
+    base: Annotated[str, typer.Option("--from", help="Preset to start from.")],
+    overrides: SetOption = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace a user preset of that name.")] = False,
+) -> None:
+    """Create a user preset from another one, with overrides."""
+    try:
+        preset = derive_preset(name, base, overrides or [])
+        path = _save(preset, overwrite=force)
+    except PresetError as exc:
+        fail(exc.lines)
+    console.print(f"saved [bold]{preset.name}[/] to {path}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(presets_app, name="presets")
