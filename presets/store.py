@@ -65,7 +65,9 @@ def parse_set(items: Iterable[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key or any(not part for part in key.split(".")):
-            raise PresetError([f"--set {item!r}: expected key=value with a dotted key, e.g. lora.r=32"])
+            raise PresetError(
+                [f"--set {item!r}: expected key=value with a dotted key, e.g. lora.r=32"]
+            )
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as exc:
@@ -150,7 +152,9 @@ def _describe_error(err: Mapping[str, Any]) -> list[tuple[str, str]]:
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         return [(path, f"must be a mapping of fields, got {value!r}")]
     if kind == "literal_error":
-        return [(path, f"must be {ctx.get('expected', 'one of the allowed values')}, got {value!r}")]
+        return [
+            (path, f"must be {ctx.get('expected', 'one of the allowed values')}, got {value!r}")
+        ]
     message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
     return [(path, f"{message[0].lower()}{message[1:]}" if message else "invalid")]
 
@@ -283,8 +287,10 @@ def save_user_preset(preset: Preset, overwrite: bool = False) -> Path:
     target = locations.user_presets_dir() / f"{preset.name}.yaml"
     if (builtin_dir() / f"{preset.name}.yaml").exists():
         raise PresetError(
-            [f"{preset.name}: a shipped preset has this name; shipped presets are never "
-             "overwritten, choose another name"]
+            [
+                f"{preset.name}: a shipped preset has this name; shipped presets are never "
+                "overwritten, choose another name"
+            ]
         )
     if target.exists() and not overwrite:
         raise PresetError([f"{_display(target)}: already exists; choose another name"])
@@ -300,4 +306,6 @@ def derive_preset(name: str, base: str, overrides: Iterable[str] = ()) -> Preset
         return validate(data, _display(path))
     merged = deep_merge(data, parse_set(overrides))
     merged["name"] = name
-    return validate(merged, f"{name} (from {base}{' with --set ' + ' '.join(overrides) if overrides else ''})")
+    return validate(
+        merged, f"{name} (from {base}{' with --set ' + ' '.join(overrides) if overrides else ''})"
+    )

@@ -213,13 +213,17 @@ class GpuSource:
             try:
                 return self._poll()
             except Exception as exc:  # an NVML failure mid-poll must not reach the UI
-                return GpuSnapshot(False, f"NVML poll failed: {_describe_nvml_error(exc)}", None, None, ())
+                return GpuSnapshot(
+                    False, f"NVML poll failed: {_describe_nvml_error(exc)}", None, None, ()
+                )
 
     def _poll(self) -> GpuSnapshot:
         nvml = self._nvml
         driver = self._call("nvmlSystemGetDriverVersion")
         cuda_raw = self._call("nvmlSystemGetCudaDriverVersion")
-        cuda = f"{cuda_raw // 1000}.{(cuda_raw % 1000) // 10}" if isinstance(cuda_raw, int) else None
+        cuda = (
+            f"{cuda_raw // 1000}.{(cuda_raw % 1000) // 10}" if isinstance(cuda_raw, int) else None
+        )
         count = self._call("nvmlDeviceGetCount") or 0
         devices: list[tuple[int, Any]] = []
         for i in range(count):
@@ -242,7 +246,9 @@ class GpuSource:
             return None  # fell off the bus between count and query
         mem = self._call("nvmlDeviceGetMemoryInfo", handle)
         util = self._call("nvmlDeviceGetUtilizationRates", handle)
-        temp = self._call("nvmlDeviceGetTemperature", handle, getattr(self._nvml, "NVML_TEMPERATURE_GPU", 0))
+        temp = self._call(
+            "nvmlDeviceGetTemperature", handle, getattr(self._nvml, "NVML_TEMPERATURE_GPU", 0)
+        )
         power = self._call("nvmlDeviceGetPowerUsage", handle)
         limit = self._call("nvmlDeviceGetEnforcedPowerLimit", handle)
         cc = self._call("nvmlDeviceGetCudaComputeCapability", handle)
@@ -255,7 +261,9 @@ class GpuSource:
                 GpuProcess(
                     pid=int(p.pid),
                     name=_process_name(int(p.pid)),
-                    used_bytes=(int(p.usedGpuMemory) if getattr(p, "usedGpuMemory", None) else None),
+                    used_bytes=(
+                        int(p.usedGpuMemory) if getattr(p, "usedGpuMemory", None) else None
+                    ),
                 )
                 for p in procs
             )
@@ -283,7 +291,9 @@ class GpuSource:
         `CUDA_VISIBLE_DEVICES` picks and renumbers."""
         ordered = sorted(infos, key=lambda g: (g.pci_bus_id or "", g.nvml_index))
         if self._env.get("CUDA_DEVICE_ORDER", "FASTEST_FIRST") != "PCI_BUS_ID":
-            ordered = sorted(ordered, key=lambda g: tuple(-x for x in (g.compute_capability or (0, 0))))
+            ordered = sorted(
+                ordered, key=lambda g: tuple(-x for x in (g.compute_capability or (0, 0)))
+            )
         wanted = parse_visible_devices(self._env.get("CUDA_VISIBLE_DEVICES"))
         if wanted is not None:
             picked: list[GpuInfo] = []

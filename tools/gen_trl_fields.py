@@ -33,7 +33,9 @@ def _kinds(tp: object) -> tuple[set[str], list[str] | None]:
             if c:
                 choices = (choices or []) + c
         if "str" in kinds and "enum" not in kinds:
-            choices = None  # a free string is allowed; `Enum | str` still means one of the enum values
+            choices = (
+                None  # a free string is allowed; `Enum | str` still means one of the enum values
+            )
         return kinds, choices
     if origin is typing.Literal:
         return {"str"}, [str(a) for a in typing.get_args(tp)]
@@ -81,7 +83,9 @@ def main() -> None:
         "dpo": describe(DPOConfig),
     }
     OUT.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    print(f"wrote {OUT} (TRL {trl.__version__}: {len(data['sft'])} SFT, {len(data['dpo'])} DPO fields)")
+    print(
+        f"wrote {OUT} (TRL {trl.__version__}: {len(data['sft'])} SFT, {len(data['dpo'])} DPO fields)"
+    )
 
 
 if __name__ == "__main__":

@@ -33,7 +33,9 @@ def main_callback(
     ctx: typer.Context,
     runs_dir: Annotated[
         str | None,
-        typer.Option("--runs-dir", help="Runs folder the app shows (default: TUNEDECK_RUNS or the data dir)."),
+        typer.Option(
+            "--runs-dir", help="Runs folder the app shows (default: TUNEDECK_RUNS or the data dir)."
+        ),
     ] = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")

@@ -35,7 +35,17 @@ def gpus(
             f"{len(snap.gpus)} GPU{'s' if len(snap.gpus) != 1 else ''}"
         )
         table = Table(expand=False)
-        for col in ("#", "name", "memory used/total GiB", "free GiB", "util", "temp", "power", "cc", "bf16"):
+        for col in (
+            "#",
+            "name",
+            "memory used/total GiB",
+            "free GiB",
+            "util",
+            "temp",
+            "power",
+            "cc",
+            "bf16",
+        ):
             table.add_column(col)
         for g in snap.gpus:
             power = (
@@ -60,7 +70,11 @@ def gpus(
             for p in g.processes:
                 console.print(f"  GPU {g.index}: pid {p.pid} {p.name}  {gib(p.used_bytes)} GiB")
     else:
-        console.print(f"{snap.reason or 'no NVIDIA GPU found'}: no NVIDIA GPU found on this machine")
+        reason = snap.reason or "no NVIDIA GPU found"
+        if reason == "no NVIDIA GPU found":
+            console.print("no NVIDIA GPU found on this machine")
+        else:
+            console.print(f"no NVIDIA GPU found on this machine ({reason})")
     free_disk = gib(host.disk_free_bytes, 0)
     console.print(
         f"host {host.hostname}: {host.cpu_model}, {host.cpu_cores_logical} cores, "

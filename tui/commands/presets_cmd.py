@@ -56,17 +56,23 @@ def presets_list(
             }
         )
         return
-    table = Table(title="presets", title_justify="left", expand=False)
-    for col in ("name", "source", "trainer", "method", "model", "description"):
-        table.add_column(col, overflow="fold")
+    wide = console.width >= 120
+    table = Table(title="presets", title_justify="left", expand=wide, box=None, pad_edge=False)
+    table.add_column("name", no_wrap=True, style="bold")
+    table.add_column("run", no_wrap=True)
+    table.add_column("model", no_wrap=True, overflow="ellipsis")
+    if wide:
+        table.add_column("description", no_wrap=True, overflow="ellipsis", ratio=1)
     for e in entries:
+        user = " (user)" if e.source == "user" else ""
         if e.preset is None:
             first = e.error.lines[0] if e.error else "invalid"
-            table.add_row(e.name, e.source, "-", "-", "-", f"[red]invalid:[/] {first}")
+            table.add_row(e.name + user, "[red]invalid[/]", first, *([""] if wide else []))
             continue
         p = e.preset
-        gpus = f" x{p.launch.num_gpus}" if p.launch.num_gpus > 1 else ""
-        table.add_row(p.name, e.source, p.trainer, p.method + gpus, p.model, p.description)
+        gpus = f" {p.launch.num_gpus}x {p.launch.strategy}" if p.launch.num_gpus > 1 else ""
+        row = [p.name + user, f"{p.trainer} {p.method}{gpus}", p.model]
+        table.add_row(*row, *([p.description] if wide else []))
     console.print(table)
 
 
@@ -84,7 +90,9 @@ def presets_show(
     if as_json:
         print_json(preset.model_dump(mode="json"))
         return
-    console.print(Syntax(preset_to_yaml(preset), "yaml", theme="ansi_dark", background_color="default"))
+    console.print(
+        Syntax(preset_to_yaml(preset), "yaml", theme="ansi_dark", background_color="default")
+    )
 
 
 @presets_app.command("new")
@@ -92,7 +100,9 @@ def presets_new(
     name: Annotated[str, typer.Argument(help="Name of the new user preset.")],
     base: Annotated[str, typer.Option("--from", help="Preset to start from.")],
     overrides: SetOption = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace a user preset of that name.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace a user preset of that name.")
+    ] = False,
 ) -> None:
     """Create a user preset from another one, with overrides."""
     try:
