@@ -8,8 +8,6 @@ import typer
 from rich.syntax import Syntax
 from rich.table import Table
 
-from presets import PresetError, derive_preset, list_presets, load_preset, preset_to_yaml
-from presets import save_user_preset as _save
 from tui.commands.common import console, fail, print_json
 
 presets_app = typer.Typer(
@@ -34,6 +32,8 @@ def presets_list(
     """List shipped and user presets (user presets shadow shipped ones of the same name)."""
     if ctx.invoked_subcommand is not None:
         return
+    from presets import list_presets
+
     entries = list_presets()
     if as_json:
         print_json(
@@ -83,6 +83,8 @@ def presets_show(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Print a preset fully resolved (defaults filled in), as YAML."""
+    from presets import PresetError, load_preset, preset_to_yaml
+
     try:
         preset = load_preset(name, overrides or [])
     except PresetError as exc:
@@ -105,9 +107,11 @@ def presets_new(
     ] = False,
 ) -> None:
     """Create a user preset from another one, with overrides."""
+    from presets import PresetError, derive_preset, save_user_preset
+
     try:
         preset = derive_preset(name, base, overrides or [])
-        path = _save(preset, overwrite=force)
+        path = save_user_preset(preset, overwrite=force)
     except PresetError as exc:
         fail(exc.lines)
     console.print(f"saved [bold]{preset.name}[/] to {path}")
