@@ -89,7 +89,7 @@ def training_problems(trainer: str, training: dict[str, Any]) -> list[tuple[str,
     table = trl_fields()
     fields: dict[str, Any] = table[trainer]
     config = "SFTConfig" if trainer == "sft" else "DPOConfig"
-    problems: list[str] = []
+    problems: list[tuple[str, str]] = []
     for key, value in training.items():
         if key in RESERVED:
             problems.append((key, f"not allowed in a preset; it is {RESERVED[key]}"))

@@ -230,8 +230,7 @@ class GpuSource:
             handle = self._call("nvmlDeviceGetHandleByIndex", i)
             if handle is not None:
                 devices.append((i, handle))
-        infos = [self._device(i, h) for i, h in devices]
-        infos = [g for g in infos if g is not None]
+        infos = [g for g in (self._device(i, h) for i, h in devices) if g is not None]
         visible = self._order_and_filter(infos)
         if count == 0 or not visible:
             why = "no NVIDIA GPU found" if count == 0 else "no GPU visible (CUDA_VISIBLE_DEVICES)"

@@ -52,11 +52,13 @@ def host_info(disk_path: Path) -> HostInfo:
     """CPU, RAM and the free disk on the filesystem holding `disk_path`."""
     vm = psutil.virtual_memory()
     probe = _existing_parent(disk_path)
+    total: int | None = None
+    free: int | None = None
     try:
         usage = shutil.disk_usage(probe)
         total, free = usage.total, usage.free
     except OSError:
-        total = free = None
+        pass  # an unreadable mount: disk space reads "not available"
     return HostInfo(
         hostname=socket.gethostname(),
         cpu_model=_cpu_model(),
