@@ -1,0 +1,63 @@
+"""Shared helpers of the app tests (no tests here): building the app over a fake NVML and a
+temporary runs folder, and reading the screen as plain text."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from fake_nvml import FakeNvml
+from runner.gpu import GpuSource
+from runner.host import HostInfo
+from tui.app import TunedeckApp
+
+
+def fixed_host(path: Path) -> HostInfo:
+    """A host that reads the same on every machine, for snapshots."""
+    return HostInfo(
+        hostname="gpu-box-7",
+        cpu_model="AMD EPYC 9654",
+        cpu_cores_logical=64,
+        cpu_cores_physical=32,
+        ram_total_bytes=503 * 1024**3,
+        ram_available_bytes=412 * 1024**3,
+        disk_path="/workspace/runs",
+        disk_total_bytes=2048 * 1024**3,
+        disk_free_bytes=1200 * 1024**3,
+    )
+
+
+def make_app(
+    nvml: FakeNvml,
+    runs_dir: Path,
+    store: Any | None = None,
+    plan_fn: Any | None = None,
+    **kwargs: Any,
+) -> TunedeckApp:
+    kwargs.setdefault("host_probe", fixed_host)
+    return TunedeckApp(GpuSource(nvml=nvml), store, plan_fn, runs_dir=runs_dir, **kwargs)
+
+
+def screen_text(app: TunedeckApp) -> str:
+    """What the terminal shows now, as plain text."""
+    width, height = app.size
+    console = Console(
+        width=width, height=height, file=io.StringIO(), record=True, force_terminal=True
+    )
+    console.print(app.screen._compositor.render_update(full=True))
+    return console.export_text()
+
+
+async def wait_for(pilot: Any, predicate: Any, timeout_s: float = 3.0) -> bool:
+    """Let the app run until `predicate()` is true (False after `timeout_s`)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await pilot.pause(0.05)
+    return bool(predicate())

@@ -1,0 +1,63 @@
+"""Home screen: GPU cards from a fake NVML, the host line, no-GPU text, live updates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fake_nvml import FakeGpu, FakeNvml, no_driver, two_h100s
+from test_tui_helpers import make_app, screen_text, wait_for
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_home_shows_each_gpu_and_the_host(tmp_path: Path) -> None:
+    app = make_app(two_h100s(), tmp_path / "runs", poll_interval_s=0.2)
+    async with app.run_test(size=(100, 30)) as pilot:
+        assert await wait_for(pilot, lambda: "GPU 1" in screen_text(app))
+        text = screen_text(app)
+        assert "GPU 0  NVIDIA H100 80GB HBM3" in text
+        assert "58.2 / 79.6 GiB" in text
+        assert "97 %" in text and "71 °C" in text and "612 W" in text
+        assert "idle" in text  # GPU 1 runs nothing
+        assert "gpu-box-7" in text and "64 cores" in text and "412 / 503 GiB free" in text
+
+
+async def test_home_updates_live_and_survives_nvml_trouble(tmp_path: Path) -> None:
+    nvml = FakeNvml([FakeGpu(used_gib=1.0, util_pct=5), FakeGpu(name="NVIDIA A100-SXM4-80GB")])
+    app = make_app(nvml, tmp_path / "runs", poll_interval_s=0.1)
+    async with app.run_test(size=(100, 30)) as pilot:
+        assert await wait_for(pilot, lambda: "1.0 / 79.6 GiB" in screen_text(app))
+        nvml.gpus[0].used_gib = 42.0
+        nvml.gpus[0].util_pct = 88
+        assert await wait_for(pilot, lambda: "42.0 / 79.6 GiB" in screen_text(app))
+        assert "88 %" in screen_text(app)
+        # An error in the middle of a poll: the field reads unknown, the app goes on.
+        nvml.fail("nvmlDeviceGetMemoryInfo", times=1)
+        assert await wait_for(pilot, lambda: "- / - GiB" in screen_text(app))
+        assert await wait_for(pilot, lambda: "42.0 / 79.6 GiB" in screen_text(app))
+        # A GPU that falls off the bus disappears from the screen.
+        nvml.lose(1)
+        assert await wait_for(pilot, lambda: "A100" not in screen_text(app))
+        assert "GPU 0" in screen_text(app)
+
+
+async def test_home_without_a_gpu_says_so(tmp_path: Path) -> None:
+    app = make_app(no_driver(), tmp_path / "runs", poll_interval_s=0.2)
+    async with app.run_test(size=(80, 24)) as pilot:
+        assert await wait_for(pilot, lambda: "no NVIDIA GPU found" in screen_text(app))
+        assert "GPU 0" not in screen_text(app)
+
+
+async def test_a_slow_nvml_never_blocks_the_screen(tmp_path: Path) -> None:
+    nvml = two_h100s()
+    nvml.delay_s = 0.05  # ~1.5 s per poll over the ~30 calls of two GPUs
+    app = make_app(nvml, tmp_path / "runs", poll_interval_s=0.2)
+    async with app.run_test(size=(100, 30)) as pilot:
+        import time
+
+        started = time.monotonic()
+        await pilot.press("p")  # a key is handled while the poll is still sleeping
+        await pilot.pause()
+        assert time.monotonic() - started < 0.5

@@ -1,0 +1,182 @@
+"""The tunedeck Textual app.
+
+The app receives its collaborators: a GPU source (`.snapshot()`), a run store (`runner.runs.
+RunStore`), a plan function (`planner.plan`) and a clock, so tests hand it a fake NVML and a
+temporary runs folder. One thread worker polls GPUs and host once a second; widgets only draw
+the newest `Telemetry`. Closing the app never stops a run: runs are detached processes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from textual import on, work
+from textual.app import App
+from textual.binding import Binding
+from textual.message import Message
+from textual.signal import Signal
+
+from runner.host import HostInfo, host_info
+from tui.widgets.telemetry import GpuSourceLike, Telemetry, TelemetryPoller
+
+
+class TunedeckApp(App[None]):
+    """Home, planner, presets, launch and run monitor."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "tunedeck"
+    ENABLE_COMMAND_PALETTE = False
+    BINDINGS = [Binding("ctrl+c", "quit", "quit", show=False, priority=True)]
+
+    class TelemetryPolled(Message):
+        """A poll from the poller thread."""
+
+        def __init__(self, telemetry: Telemetry) -> None:
+            super().__init__()
+            self.telemetry = telemetry
+
+    def __init__(
+        self,
+        gpu_source: GpuSourceLike,
+        store: Any | None,
+        plan_fn: Callable[[Any], Any] | None,
+        clock: Callable[[], float] = time.time,
+        *,
+        runs_dir: Path | None = None,
+        host_probe: Callable[[Path], HostInfo] = host_info,
+        watch_run: str | None = None,
+        poll_interval_s: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.gpu_source = gpu_source
+        self.store = store
+        self.plan_fn = plan_fn
+        self.clock = clock
+        if runs_dir is None:
+            runs_dir = Path(store.root) if store is not None else Path.cwd()
+        self.runs_dir = runs_dir
+        self.watch_run = watch_run
+        self.telemetry: Telemetry | None = None
+        self.telemetry_signal: Signal[Telemetry] = Signal(self, "telemetry")
+        self.poller = TelemetryPoller(
+            gpu_source, runs_dir, interval_s=poll_interval_s, host_probe=host_probe, clock=clock
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def on_mount(self) -> None:
+        from tui.screens.home import HomeScreen
+
+        self.push_screen(HomeScreen())
+        if self.watch_run is not None:
+            self.open_monitor(self.watch_run)
+        self._poll()
+
+    def on_unmount(self) -> None:
+        # The poller thread waits on this event, so quitting is not held up by its 1 s sleep.
+        self.poller.stop()
+
+    @work(thread=True, exclusive=True, group="telemetry", exit_on_error=False)
+    def _poll(self) -> None:
+        self.poller.run(lambda tel: self.post_message(self.TelemetryPolled(tel)))
+
+    @on(TelemetryPolled)
+    def _telemetry(self, message: TelemetryPolled) -> None:
+        self.telemetry = message.telemetry
+        self.telemetry_signal.publish(message.telemetry)
+
+    # ------------------------------------------------------------------ navigation
+
+    def open_monitor(self, run_id: str) -> None:
+        try:
+            from tui.screens.monitor import MonitorScreen
+        except ImportError:
+            self.notify("the run monitor is not available yet", severity="warning")
+            return
+        self.push_screen(MonitorScreen(run_id))
+
+    def action_open_planner(self) -> None:
+        try:
+            from tui.screens.planner import PlannerScreen
+        except ImportError:
+            self.notify("the planner is not available yet", severity="warning")
+            return
+        self.push_screen(PlannerScreen())
+
+    def action_open_presets(self) -> None:
+        try:
+            from tui.screens.presets import PresetsScreen
+        except ImportError:
+            self.notify("the preset editor is not available yet", severity="warning")
+            return
+        self.push_screen(PresetsScreen())
+
+    def action_open_launch(self) -> None:
+        try:
+            from tui.screens.launch import LaunchScreen
+        except ImportError:
+            self.notify("launching is not available yet", severity="warning")
+            return
+        self.push_screen(LaunchScreen())
+
+    # ------------------------------------------------------------------ run actions
+
+    @work(thread=True, group="run-actions", exit_on_error=False)
+    def resume_run(self, run_id: str) -> None:
+        if self.store is None:
+            self.call_from_thread(self.notify, "the run store is not available", severity="error")
+            return
+        from runner.runs import RunError
+
+        try:
+            result = self.store.resume(run_id)
+        except RunError as exc:
+            self.call_from_thread(self.notify, "\n".join(exc.lines), severity="error")
+            return
+        self.call_from_thread(self.notify, f"resumed {result.run_id}")
+
+
+def _default_store(runs_dir: str | None) -> Any | None:
+    from presets import locations
+
+    try:
+        from runner.runs import RunStore
+    except ImportError:  # the run store is a separate part; the GPU pane works without it
+        return None
+    return RunStore(locations.runs_dir(runs_dir))
+
+
+def _default_plan() -> Callable[[Any], Any] | None:
+    try:
+        from planner import plan
+    except ImportError:
+        return None
+    return plan
+
+
+def build_app(runs_dir: str | None = None, watch_run: str | None = None) -> TunedeckApp:
+    """The app with the real collaborators: NVML, the runs folder, the planner, the wall clock."""
+    from presets import locations
+    from runner.gpu import GpuSource
+
+    return TunedeckApp(
+        GpuSource(),
+        _default_store(runs_dir),
+        _default_plan(),
+        time.time,
+        runs_dir=locations.runs_dir(runs_dir),
+        watch_run=watch_run,
+    )
+
+
+def run_app(runs_dir: str | None = None) -> None:
+    """Open the app on the home screen (`tunedeck`)."""
+    build_app(runs_dir).run()
+
+
+def run_watch(run: str, runs_dir: str | None = None) -> None:
+    """Open the app on the monitor of one run (`tunedeck watch RUN`)."""
+    build_app(runs_dir, watch_run=run).run()

@@ -1,0 +1,67 @@
+"""Short text for numbers: GiB, durations, money, bars. Pure functions, no Textual."""
+
+from __future__ import annotations
+
+GIB = 1024**3
+
+
+def gib(value_bytes: int | float | None, digits: int = 1) -> str:
+    """Bytes as GiB text, or a dash when unknown."""
+    if value_bytes is None:
+        return "-"
+    return f"{value_bytes / GIB:.{digits}f}"
+
+
+def duration(seconds: float | None) -> str:
+    """`2h31m`, `4m05s`, `12s`; a dash when unknown."""
+    if seconds is None or seconds != seconds or seconds < 0:
+        return "-"
+    total = int(round(seconds))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def money(usd: float | None) -> str:
+    """`$4.12`, a dash when unknown."""
+    if usd is None:
+        return "-"
+    return f"${usd:,.2f}" if usd < 1000 else f"${usd:,.0f}"
+
+
+def number(value: float | None, digits: int = 3) -> str:
+    """A loss or a rate with a fixed count of significant digits; a dash when unknown."""
+    if value is None:
+        return "-"
+    if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
+        return f"{value:.{max(digits - 1, 1)}e}"
+    return f"{value:.{digits}g}" if abs(value) >= 1 else f"{value:.{digits}f}"
+
+
+def bar(fraction: float | None, width: int) -> str:
+    """A text bar of `width` cells, eighth-cell resolution; `fraction` above 1 is clipped and
+    unknown draws a light track only."""
+    if width <= 0:
+        return ""
+    if fraction is None:
+        return "░" * width
+    clipped = min(max(fraction, 0.0), 1.0)
+    eighths = int(round(clipped * width * 8))
+    full, part = divmod(eighths, 8)
+    partial = " ▏▎▍▌▋▊▉"[part] if part else ""
+    text = "█" * full + partial
+    return text + "░" * (width - len(text))
+
+
+def count(value: int | float | None) -> str:
+    """An integer with thousands separators, a dash when unknown."""
+    if value is None:
+        return "-"
+    return f"{int(value):,}"
