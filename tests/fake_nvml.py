@@ -24,23 +24,23 @@ class NVMLError(Exception):
     """Base of the fake errors, as `pynvml.NVMLError`."""
 
 
-class NVMLError_LibraryNotFound(NVMLError):  # noqa: N801 (pynvml's own class names)
+class NVMLError_LibraryNotFound(NVMLError):
     pass
 
 
-class NVMLError_DriverNotLoaded(NVMLError):  # noqa: N801
+class NVMLError_DriverNotLoaded(NVMLError):
     pass
 
 
-class NVMLError_GpuIsLost(NVMLError):  # noqa: N801
+class NVMLError_GpuIsLost(NVMLError):
     pass
 
 
-class NVMLError_Unknown(NVMLError):  # noqa: N801
+class NVMLError_Unknown(NVMLError):
     pass
 
 
-class NVMLError_Uninitialized(NVMLError):  # noqa: N801
+class NVMLError_Uninitialized(NVMLError):
     pass
 
 
@@ -144,66 +144,66 @@ class FakeNvml:
 
     # ---------------------------------------------------------------- the NVML API
 
-    def nvmlInit(self) -> None:  # noqa: N802 (NVML's names)
+    def nvmlInit(self) -> None:
         self._enter("nvmlInit")
         if self.init_error is not None:
             raise self.init_error("NVML Shared Library Not Found")
         self.initialised = True
 
-    def nvmlShutdown(self) -> None:  # noqa: N802
+    def nvmlShutdown(self) -> None:
         self._enter("nvmlShutdown")
         self.initialised = False
 
-    def nvmlSystemGetDriverVersion(self) -> str:  # noqa: N802
+    def nvmlSystemGetDriverVersion(self) -> str:
         self._enter("nvmlSystemGetDriverVersion")
         return self.driver_version
 
-    def nvmlSystemGetCudaDriverVersion(self) -> int:  # noqa: N802
+    def nvmlSystemGetCudaDriverVersion(self) -> int:
         self._enter("nvmlSystemGetCudaDriverVersion")
         return self.cuda_driver_version
 
-    def nvmlDeviceGetCount(self) -> int:  # noqa: N802
+    def nvmlDeviceGetCount(self) -> int:
         self._enter("nvmlDeviceGetCount")
         return len(self.gpus)
 
-    def nvmlDeviceGetHandleByIndex(self, index: int) -> _Handle:  # noqa: N802
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> _Handle:
         self._enter("nvmlDeviceGetHandleByIndex")
         if index >= len(self.gpus):
             raise NVMLError_GpuIsLost("no such GPU")
         return _Handle(index)
 
-    def nvmlDeviceGetName(self, handle: _Handle) -> str:  # noqa: N802
+    def nvmlDeviceGetName(self, handle: _Handle) -> str:
         return self._gpu("nvmlDeviceGetName", handle).name
 
-    def nvmlDeviceGetUUID(self, handle: _Handle) -> str:  # noqa: N802
+    def nvmlDeviceGetUUID(self, handle: _Handle) -> str:
         return self._gpu("nvmlDeviceGetUUID", handle).uuid
 
-    def nvmlDeviceGetMemoryInfo(self, handle: _Handle) -> Any:  # noqa: N802
+    def nvmlDeviceGetMemoryInfo(self, handle: _Handle) -> Any:
         gpu = self._gpu("nvmlDeviceGetMemoryInfo", handle)
         total = int(gpu.total_gib * GIB)
         used = int(gpu.used_gib * GIB)
         return SimpleNamespace(total=total, used=used, free=total - used)
 
-    def nvmlDeviceGetUtilizationRates(self, handle: _Handle) -> Any:  # noqa: N802
+    def nvmlDeviceGetUtilizationRates(self, handle: _Handle) -> Any:
         gpu = self._gpu("nvmlDeviceGetUtilizationRates", handle)
         return SimpleNamespace(gpu=gpu.util_pct, memory=gpu.mem_util_pct)
 
-    def nvmlDeviceGetTemperature(self, handle: _Handle, sensor: int) -> int:  # noqa: N802
+    def nvmlDeviceGetTemperature(self, handle: _Handle, sensor: int) -> int:
         return self._gpu("nvmlDeviceGetTemperature", handle).temperature_c
 
-    def nvmlDeviceGetPowerUsage(self, handle: _Handle) -> int:  # noqa: N802
+    def nvmlDeviceGetPowerUsage(self, handle: _Handle) -> int:
         return int(self._gpu("nvmlDeviceGetPowerUsage", handle).power_w * 1000)
 
-    def nvmlDeviceGetEnforcedPowerLimit(self, handle: _Handle) -> int:  # noqa: N802
+    def nvmlDeviceGetEnforcedPowerLimit(self, handle: _Handle) -> int:
         return int(self._gpu("nvmlDeviceGetEnforcedPowerLimit", handle).power_limit_w * 1000)
 
-    def nvmlDeviceGetCudaComputeCapability(self, handle: _Handle) -> tuple[int, int]:  # noqa: N802
+    def nvmlDeviceGetCudaComputeCapability(self, handle: _Handle) -> tuple[int, int]:
         return self._gpu("nvmlDeviceGetCudaComputeCapability", handle).compute_capability
 
-    def nvmlDeviceGetPciInfo(self, handle: _Handle) -> Any:  # noqa: N802
+    def nvmlDeviceGetPciInfo(self, handle: _Handle) -> Any:
         return SimpleNamespace(busId=self._gpu("nvmlDeviceGetPciInfo", handle).pci_bus_id)
 
-    def nvmlDeviceGetComputeRunningProcesses(self, handle: _Handle) -> list[Any]:  # noqa: N802
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: _Handle) -> list[Any]:
         gpu = self._gpu("nvmlDeviceGetComputeRunningProcesses", handle)
         return [
             SimpleNamespace(pid=p.pid, usedGpuMemory=int(p.used_gib * GIB)) for p in gpu.processes

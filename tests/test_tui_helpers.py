@@ -7,9 +7,9 @@ import io
 from pathlib import Path
 from typing import Any
 
+from fake_nvml import FakeNvml
 from rich.console import Console
 
-from fake_nvml import FakeNvml
 from runner.gpu import GpuSource
 from runner.host import HostInfo
 from tui.app import TunedeckApp

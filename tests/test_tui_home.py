@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from fake_nvml import FakeGpu, FakeNvml, no_driver, two_h100s
 from test_tui_helpers import make_app, screen_text, wait_for
 

@@ -3,12 +3,12 @@ flagged with a key to resume)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
@@ -48,7 +48,7 @@ def run_row(summary: Any) -> tuple[Text, ...]:
 class HomeScreen(Screen[None]):
     """What the box has and what it is running."""
 
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("p", "app.open_planner", "plan"),
         Binding("e", "app.open_presets", "presets"),
         Binding("n", "app.open_launch", "new run"),

@@ -16,7 +16,7 @@ def duration(seconds: float | None) -> str:
     """`2h31m`, `4m05s`, `12s`; a dash when unknown."""
     if seconds is None or seconds != seconds or seconds < 0:
         return "-"
-    total = int(round(seconds))
+    total = round(seconds)
     days, rest = divmod(total, 86400)
     hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)
@@ -53,7 +53,7 @@ def bar(fraction: float | None, width: int) -> str:
     if fraction is None:
         return "░" * width
     clipped = min(max(fraction, 0.0), 1.0)
-    eighths = int(round(clipped * width * 8))
+    eighths = round(clipped * width * 8)
     full, part = divmod(eighths, 8)
     partial = " ▏▎▍▌▋▊▉"[part] if part else ""
     text = "█" * full + partial

@@ -9,8 +9,8 @@ from textual.widget import Widget
 from textual.widgets import Static
 
 from runner.gpu import GpuInfo
-from tui.widgets.telemetry import Telemetry
 from tui.widgets.format import bar, gib
+from tui.widgets.telemetry import Telemetry
 
 
 def _level_style(fraction: float | None) -> str:
