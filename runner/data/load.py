@@ -10,7 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 from presets.schema import DatasetSpec
 from runner.data.errors import DataError, ProblemLog, RowProblem
-from runner.data.scan import LocalSource, RowScanner, SourceProblem, local_source, looks_like_hub_id
+from runner.data.scan import (
+    LocalSource,
+    RowScanner,
+    SourceProblem,
+    local_source,
+    looks_like_hub_id,
+    prepare_hub_access,
+)
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -118,6 +125,7 @@ def _hub_rows(
 
 
 def _load_hub(name: str, split: str) -> Any:
+    prepare_hub_access()
     import datasets
 
     try:

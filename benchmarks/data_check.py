@@ -1,0 +1,106 @@
+"""Benchmark `tunedeck data check` on a large JSONL: time and peak memory.
+
+Makes (or reuses) a chat JSONL of `--rows` rows of about 1 KB each (a million rows is about 1 GB),
+then checks it in a child process and prints the wall time and the child's peak RSS. Run by hand:
+
+    .venv/bin/python benchmarks/data_check.py --rows 1000000
+    .venv/bin/python benchmarks/data_check.py --rows 100000 --model PATH_TO_LOCAL_MODEL
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+WORK = Path(__file__).resolve().parent / "_work"
+WORDS = (
+    "the a model data train answer question learning rate token batch gradient memory GPU "
+    "adapter rank loss epoch step warmup schedule checkpoint resume signal python file line "
+    "format chat system user assistant prompt completion chosen rejected preference value"
+).split()
+
+
+def make_file(path: Path, rows: int, seed: int = 0) -> None:
+    """Rows of 2 to 6 turns; about 1 % exact duplicates and a few e-mail addresses, so every
+    check has work to do."""
+    rng = random.Random(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    words = WORDS
+    with path.open("wb") as fh:
+        previous = b""
+        for i in range(rows):
+            if previous and rng.random() < 0.01:
+                fh.write(previous)
+                continue
+            turns = [{"role": "system", "content": "You are a concise assistant."}]
+            for _ in range(rng.choice((1, 1, 2))):
+                question = " ".join(rng.choices(words, k=rng.randint(15, 40)))
+                answer = " ".join(rng.choices(words, k=rng.randint(60, 110)))
+                if i % 997 == 0:
+                    answer += f" mail me at user{i}@example.com"
+                turns.append({"role": "user", "content": f"{question} #{i}?"})
+                turns.append({"role": "assistant", "content": f"{answer} ({i})."})
+            previous = orjson.dumps({"messages": turns}) + b"\n"
+            fh.write(previous)
+
+
+def run_check(path: Path, model: str | None) -> tuple[float, float, str]:
+    """Check in a fresh process; return wall seconds, peak RSS in MiB and the summary line."""
+    code = (
+        "import sys\n"
+        "from runner.data import check_dataset\n"
+        "r = check_dataset(sys.argv[1], model=sys.argv[2] or None)\n"
+        "print(r.summary_lines()[0]); print('\\n'.join(r.summary_lines()[1:4]))\n"
+    )
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(path), model or ""],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    wall_s = time.perf_counter() - started
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if peak_kib <= before:
+        print("note: peak RSS not above an earlier child's; run one repeat per process")
+    return wall_s, peak_kib / 1024, done.stdout.strip()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--file", type=Path, default=None, help="reuse or create this file")
+    parser.add_argument("--model", default=None, help="local model folder for token lengths")
+    parser.add_argument("--repeat", type=int, default=1)
+    args = parser.parse_args()
+    path = args.file or WORK / f"chat-{args.rows}.jsonl"
+    if not path.exists():
+        started = time.perf_counter()
+        make_file(path, args.rows)
+        print(f"made {path} in {time.perf_counter() - started:.1f} s")
+    size_mb = path.stat().st_size / 1e6
+    times = []
+    peak_mib = 0.0
+    for _ in range(args.repeat):
+        wall_s, peak, summary = run_check(path, args.model)
+        times.append(wall_s)
+        peak_mib = max(peak_mib, peak)
+        print(summary)
+    median_s = statistics.median(times)
+    print(
+        f"rows {args.rows:,}  file {size_mb:,.0f} MB  check median {median_s:.1f} s over "
+        f"{len(times)} run(s) ({size_mb / median_s:.0f} MB/s)  peak RSS {peak_mib:.0f} MiB"
+    )
+
+
+if __name__ == "__main__":
+    main()

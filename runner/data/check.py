@@ -1,0 +1,452 @@
+"""`check_dataset`: read a dataset once, as training would, and say what is wrong before any GPU
+time is spent.
+
+Errors are what makes training refuse the data (rows that do not parse or do not fit their
+format, an empty dataset). Warnings are what makes training worse (empty answers, duplicates,
+contradictions, truncation, role order, imbalance, personal data, too few rows, no eval split).
+The pass streams: memory grows by under 50 bytes a row, whatever the rows hold.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from runner.data.errors import ProblemLog
+from runner.data.formats import FORMATS, Example
+from runner.data.scan import (
+    LocalSource,
+    RowScanner,
+    SourceProblem,
+    local_source,
+    looks_like_hub_id,
+    prepare_hub_access,
+)
+from runner.data.stats import EXAMPLES, Labels, Lengths, Loc, PersonalData, RowHashes, normalise
+from runner.data.tokens import TokenCounter, load_tokenizer
+
+# Rows below which a method rarely learns anything useful; guides agree on "a few hundred".
+MIN_ROWS = {"sft": 100, "dpo": 300}
+# TRL's default `max_length` of SFTConfig and DPOConfig.
+DEFAULT_MAX_LENGTH = 1024
+# A label is "dominant" when it is this many times as frequent as the rarest one.
+IMBALANCE_RATIO = 3.0
+
+
+@dataclass
+class CheckReport:
+    """What `check_dataset` found. `errors` stop a run; `warnings` are shown and can be passed."""
+
+    path: str
+    trainer: str
+    format: str
+    rows: int = 0
+    bad_rows: int = 0
+    files: int = 0
+    size_bytes: int = 0
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+    usage_error: str | None = None
+    """Set when the path could not be opened at all (no such file, unknown format name)."""
+    elapsed_s: float = 0.0
+
+    @property
+    def verdict(self) -> str:
+        if self.errors:
+            return "errors"
+        return "warnings" if self.warnings else "ok"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "verdict": self.verdict,
+            "format": self.format,
+            "trainer": self.trainer,
+            "rows": self.rows,
+            "bad_rows": self.bad_rows,
+            "files": self.files,
+            "size_bytes": self.size_bytes,
+            "errors": self.errors,
+            "warnings": self.warnings,
+            "notes": self.notes,
+            "stats": self.stats,
+            "usage_error": self.usage_error,
+            "elapsed_s": round(self.elapsed_s, 3),
+        }
+
+    def summary_lines(self) -> list[str]:
+        """A few lines for a pre-launch screen: the verdict, the size, the lengths, the problems."""
+        lines = [
+            f"data {self.path}: {self.verdict} - {self.rows:,} rows ({self.format}, "
+            f"{self.trainer}), {len(self.errors)} errors, {len(self.warnings)} warnings"
+        ]
+        tokens = self.stats.get("tokens")
+        if tokens:
+            lines.append(
+                f"tokens: median {tokens['median']:,}, p95 {tokens['p95']:,}, max {tokens['max']:,};"
+                f" {tokens['truncated']:,} rows over max_length {tokens['max_length']:,}"
+            )
+        lines += [f"error: {e}" for e in self.errors[:5]]
+        lines += [f"warning: {w}" for w in self.warnings[:5]]
+        return lines
+
+
+def check_dataset(
+    path: str,
+    trainer: str = "sft",
+    model: str | None = None,
+    max_length: int | None = None,
+    fmt: str = "auto",
+    *,
+    eval_path: str | None = None,
+    eval_fraction: float | None = None,
+) -> CheckReport:
+    """Check the file, folder or hub dataset at `path` for `trainer`. Never raises for bad data:
+    every problem is in the report. `model` (a local folder or a cached hub id) enables token
+    lengths; `eval_path`/`eval_fraction` (from the preset) say whether eval data is planned."""
+    started = time.monotonic()
+    report = CheckReport(path=path, trainer=trainer, format=fmt)
+    usage = _usage_problem(trainer, fmt, max_length)
+    if usage:
+        return _unusable(report, usage, started)
+    tokenizer = None
+    if model:
+        tokenizer, why_not = load_tokenizer(model)
+        if why_not:
+            report.notes.append(why_not)
+    else:
+        report.notes.append("token lengths skipped: no model given (--model)")
+    scanner = RowScanner(fmt, trainer, ProblemLog(keep=20))
+    has_eval = bool(eval_path or eval_fraction)
+    eval_exact: set[int] = set()
+    if Path(path).exists() or not looks_like_hub_id(path):
+        try:
+            source = local_source(path)
+        except SourceProblem as exc:
+            return _unusable(report, str(exc), started)
+        report.size_bytes = sum(p.stat().st_size for p in source.train_files + source.eval_files)
+        files = source.train_files
+
+        def label(loc: Loc) -> str:
+            return source.label(files[loc[0]], loc[1])
+
+        items = _local_items(scanner, source, files)
+        if source.eval_files:
+            has_eval = True
+            eval_exact = _eval_hashes(source, fmt, trainer, report)
+    else:
+        hub = _hub_rows(path)
+        if isinstance(hub, str):
+            return _unusable(report, hub, started)
+
+        def label(loc: Loc) -> str:
+            return f"{path} row {loc[1]}"
+
+        items = _hub_items(scanner, hub, path)
+    if eval_path and Path(eval_path).exists():
+        eval_exact |= _eval_hashes(local_source(eval_path, split_eval=False), fmt, trainer, report)
+    hashes = _run_checks(report, scanner, items, label, tokenizer, max_length)
+    report.errors = scanner.problems.lines() + report.errors
+    report.format = scanner.format or fmt
+    report.files = scanner.files
+    if scanner.rows == 0 and not scanner.problems:
+        report.errors.append(f"empty dataset: no rows in {path}")
+    elif scanner.rows == 0:
+        report.errors.append("no usable rows")
+    if scanner.rows:
+        _dataset_warnings(report, scanner.rows, trainer, has_eval, eval_exact, hashes)
+    report.elapsed_s = time.monotonic() - started
+    return report
+
+
+def _usage_problem(trainer: str, fmt: str, max_length: int | None) -> str | None:
+    if trainer not in ("sft", "dpo"):
+        return f"trainer must be sft or dpo, got {trainer!r}"
+    if fmt != "auto" and fmt not in FORMATS:
+        return f"format must be auto or one of {', '.join(FORMATS)}, got {fmt!r}"
+    if max_length is not None and max_length <= 0:
+        return f"max_length must be a positive number of tokens, got {max_length}"
+    return None
+
+
+def _unusable(report: CheckReport, message: str, started: float) -> CheckReport:
+    report.usage_error = message
+    report.errors.append(message)
+    report.elapsed_s = time.monotonic() - started
+    return report
+
+
+def _local_items(
+    scanner: RowScanner, source: LocalSource, files: list[Path]
+) -> Iterator[tuple[Loc, Example, bytes | None]]:
+    index = {p: i for i, p in enumerate(files)}
+    for path, number, example, raw in scanner.scan(source, files):
+        yield (index[path], number), example, raw
+
+
+def _hub_rows(name: str) -> Any:
+    """The training split of a hub dataset, streamed; or a message saying why it cannot be read."""
+    prepare_hub_access()
+    try:
+        import datasets
+    except ImportError:
+        return f"{name}: no such file or folder (and `datasets` is not installed to read hub ids)"
+    try:
+        return datasets.load_dataset(name, split="train", streaming=True)
+    except Exception as exc:  # datasets raises many kinds here; each means "cannot read"
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"{name}: no such file or folder, and not readable as a hub dataset ({reason[:200]})"
+
+
+def _hub_items(
+    scanner: RowScanner, rows: Any, name: str
+) -> Iterator[tuple[Loc, Example, bytes | None]]:
+    scanner.files = 1
+    for number, row in enumerate(rows, 1):
+        example = scanner.convert(row, lambda n=number: f"{name} row {n}")
+        if example is not None:
+            yield (0, number), example, None
+
+
+def _eval_hashes(source: LocalSource, fmt: str, trainer: str, report: CheckReport) -> set[int]:
+    """Validate the eval files too; keep their row hashes to spot eval rows seen in training."""
+    scanner = RowScanner(fmt, trainer, ProblemLog(keep=10))
+    hashes = {hash(orjson.dumps(ex.row)) for _, _, ex, _ in scanner.scan(source, source.eval_files)}
+    report.errors += [f"eval data: {line}" for line in scanner.problems.lines()]
+    report.stats["eval_rows"] = scanner.rows
+    return hashes
+
+
+class _Examples:
+    """A count with the first few locations (and details)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first: list[tuple[Loc, str]] = []
+
+    def add(self, loc: Loc, detail: str = "") -> None:
+        self.count += 1
+        if len(self.first) < EXAMPLES:
+            self.first.append((loc, detail))
+
+
+def _run_checks(
+    report: CheckReport,
+    scanner: RowScanner,
+    items: Iterator[tuple[Loc, Example, bytes | None]],
+    label: Callable[[Loc], str],
+    tokenizer: Any,
+    max_length: int | None,
+) -> RowHashes:
+    hashes = RowHashes()
+    chars = Lengths()
+    pii = PersonalData()
+    labels = Labels()
+    turns: Counter[int] = Counter()
+    empty, roles, same_pair = _Examples(), _Examples(), _Examples()
+    counter = TokenCounter(tokenizer) if tokenizer is not None else None
+    dumps = orjson.dumps
+    for loc, example, raw in items:
+        answer = example.answer
+        if not answer or answer.isspace():
+            empty.add(loc)
+        if example.role_issue:
+            roles.add(loc, example.role_issue)
+        if example.rejected is not None and example.rejected == answer:
+            same_pair.add(loc)
+        turns[example.turns] += 1
+        chars.add(len(example.prompt) + len(answer))
+        labels.add(answer)
+        encoded = dumps(example.row)
+        prompt = normalise(example.prompt)
+        normal_answer = normalise(answer)
+        hashes.add(
+            loc,
+            hash(encoded),
+            hash((prompt, normal_answer, example.rejected and normalise(example.rejected))),
+            hash(prompt) if prompt else 0,
+            hash(normal_answer),
+        )
+        pii.scan(raw if raw is not None else encoded, loc)
+        if counter is not None:
+            counter.add(example)
+    rows = scanner.rows
+    stats = report.stats
+    report.rows, report.bad_rows = rows, scanner.bad_rows
+    if not rows:
+        return hashes
+    stats["chars"] = chars.summary()
+    stats["turns"] = _turn_summary(turns)
+    _warn_examples(report, "empty_answers", empty, "have an empty or whitespace-only answer", label)
+    _warn_examples(
+        report, "chosen_is_rejected", same_pair, "have chosen identical to rejected", label
+    )
+    _warn_examples(report, "role_order", roles, "have a role-order problem", label)
+    _duplicates(report, hashes, rows, label)
+    _personal_data(report, pii, label)
+    _label_balance(report, labels, rows)
+    if counter is not None:
+        counter.flush()
+        if counter.note:
+            report.notes.append(counter.note)
+        _token_lengths(report, counter.lengths, rows, max_length)
+    return hashes
+
+
+def _turn_summary(turns: Counter[int]) -> dict[str, int]:
+    ordered = sorted(turns.elements()) if sum(turns.values()) < 10_000 else None
+    if ordered is None:
+        # Median from the counts, without expanding them.
+        total, seen, median = sum(turns.values()), 0, 0
+        for value in sorted(turns):
+            seen += turns[value]
+            if seen * 2 >= total:
+                median = value
+                break
+        return {"min": min(turns), "median": median, "max": max(turns)}
+    return {"min": ordered[0], "median": ordered[len(ordered) // 2], "max": ordered[-1]}
+
+
+def _share(count: int, rows: int) -> str:
+    return f"{count:,} of {rows:,} rows ({100 * count / rows:.1f} %)"
+
+
+def _locations(label: Callable[[Loc], str], first: list[tuple[Loc, str]]) -> str:
+    return "; ".join(f"{label(loc)}{': ' + detail if detail else ''}" for loc, detail in first)
+
+
+def _warn_examples(
+    report: CheckReport, key: str, found: _Examples, what: str, label: Callable[[Loc], str]
+) -> None:
+    report.stats[key] = found.count
+    rows = report.rows
+    if found.count:
+        report.warnings.append(
+            f"{_share(found.count, rows)} {what}, e.g. {_locations(label, found.first)}"
+        )
+
+
+def _duplicates(
+    report: CheckReport, hashes: RowHashes, rows: int, label: Callable[[Loc], str]
+) -> None:
+    exact, exact_examples = hashes.duplicates(hashes.exact)
+    normal, normal_examples = hashes.duplicates(hashes.normal)
+    contradictions, contra_examples = hashes.contradictions()
+    report.stats["duplicates"] = {
+        "exact": exact,
+        "normalised": max(0, normal - exact),
+        "contradictions": contradictions,
+    }
+
+    def pairs(examples: list[tuple[Loc, Loc]], verb: str = "repeats") -> str:
+        return "; ".join(f"{label(a)} {verb} {_other(label, a, b)}" for a, b in examples)
+
+    if exact:
+        report.warnings.append(
+            f"{_share(exact, rows)} are exact duplicates, e.g. {pairs(exact_examples)}"
+        )
+    if normal > exact:
+        report.warnings.append(
+            f"{normal - exact:,} more rows are duplicates once case and spacing are ignored, "
+            f"e.g. {pairs(normal_examples)}"
+        )
+    if contradictions:
+        report.warnings.append(
+            f"{contradictions:,} prompts appear with different answers (contradictions), "
+            f"e.g. {pairs(contra_examples, 'contradicts')}"
+        )
+
+
+def _other(label: Callable[[Loc], str], loc: Loc, other: Loc) -> str:
+    """`line 12` when the other row is in the same file, else its full location."""
+    return f"line {other[1]}" if other[0] == loc[0] and ":" in label(other) else label(other)
+
+
+def _personal_data(report: CheckReport, pii: PersonalData, label: Callable[[Loc], str]) -> None:
+    report.stats["personal_data"] = dict(pii.counts)
+    if not pii.counts:
+        return
+    parts = [
+        f"{pii.counts[kind]:,} {kind}{'es' if kind.endswith('ss') else 's'} "
+        f"({', '.join(label(loc) for loc in pii.examples[kind])})"
+        for kind in pii.KINDS
+        if pii.counts[kind]
+    ]
+    report.warnings.append(
+        "likely personal data: " + "; ".join(parts) + "; remove or mask it before training"
+    )
+
+
+def _label_balance(report: CheckReport, labels: Labels, rows: int) -> None:
+    balance = labels.balance(rows)
+    if balance is None:
+        return
+    report.stats["labels"] = balance
+    counts = list(balance.values())
+    ratio = counts[0] / counts[-1]
+    if ratio >= IMBALANCE_RATIO:
+        shares = ", ".join(f"{k!r} {100 * v / rows:.0f} %" for k, v in list(balance.items())[:6])
+        report.warnings.append(
+            f"the answers look like {len(balance)} class labels and are imbalanced ({shares}; "
+            f"{ratio:.1f}x between the most and least common): the model may learn to always "
+            "answer the common one"
+        )
+
+
+def _token_lengths(
+    report: CheckReport, lengths: Lengths, rows: int, max_length: int | None
+) -> None:
+    summary = lengths.summary()
+    if summary is None:
+        return
+    limit = max_length or DEFAULT_MAX_LENGTH
+    over = lengths.above(limit)
+    report.stats["tokens"] = {
+        **summary,
+        "max_length": limit,
+        "max_length_source": "given" if max_length else "TRL default",
+        "truncated": over,
+        "truncated_share": round(over / rows, 4),
+    }
+    if over:
+        report.warnings.append(
+            f"{_share(over, rows)} are longer than max_length {limit:,} tokens and would be "
+            f"truncated (longest {summary['max']:,}, p95 {summary['p95']:,})"
+        )
+
+
+def _dataset_warnings(
+    report: CheckReport,
+    rows: int,
+    trainer: str,
+    has_eval: bool,
+    eval_exact: set[int],
+    hashes: RowHashes,
+) -> None:
+    if eval_exact:
+        leaked = sum(1 for h in hashes.exact if h in eval_exact)
+        report.stats["eval_rows_in_train"] = leaked
+        if leaked:
+            report.warnings.append(
+                f"{leaked:,} training rows also appear in the eval data: eval loss will look "
+                "better than it is"
+            )
+    minimum = MIN_ROWS[trainer]
+    if rows < minimum:
+        report.warnings.append(
+            f"only {rows:,} rows: {trainer.upper()} usually needs at least {minimum} clean "
+            "examples (a few hundred good ones beat thousands of noisy ones)"
+        )
+    if not has_eval:
+        report.warnings.append(
+            "no eval split: hold out 10-20 % (dataset.eval_fraction: 0.1) or set "
+            "dataset.eval_path, to see overfitting"
+        )
