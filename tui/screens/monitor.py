@@ -260,6 +260,16 @@ class MonitorScreen(Screen[None]):
         lines, end, _ = log.read_forward(offset, 256 * 1024)
         self.post_message(self.LogWindow("newer", lines, reaches_end=end >= log.size()))
 
+    @on(LogPane.NeedStart)
+    def _need_start(self) -> None:
+        self._read_start()
+
+    @work(thread=True, group="log-read", exit_on_error=False)
+    def _read_start(self) -> None:
+        assert self.feed is not None and self.feed.log is not None
+        lines, _, _ = self.feed.log.read_forward(0, 256 * 1024)
+        self.post_message(self.LogWindow("start", lines))
+
     @on(LogPane.FollowResumed)
     def _follow_again(self) -> None:
         if self.feed is not None:
@@ -273,6 +283,8 @@ class MonitorScreen(Screen[None]):
             pane.prepend(message.lines)
         elif message.kind == "newer":
             pane.extend_window(message.lines, message.reaches_end)
+        elif message.kind == "start":
+            pane.show_window(message.lines, 0, None)
         elif message.kind == "search":
             if not message.lines:
                 pane.loading = False

@@ -47,6 +47,9 @@ class LogPane(Widget, can_focus=True):
             super().__init__()
             self.offset = offset
 
+    class NeedStart(Message):
+        """Jump to the first line of the file."""
+
     class FollowResumed(Message):
         """Following was switched back on: the screen re-reads the end of the file."""
 
@@ -151,6 +154,11 @@ class LogPane(Widget, can_focus=True):
         self._move(direction * self._page())
 
     def action_top(self) -> None:
+        if self.lines and self.lines[0].offset > 0:
+            if not self.loading:
+                self.loading = True
+                self.post_message(self.NeedStart())
+            return
         self._move(-len(self.lines) - 1)
 
     def action_follow(self) -> None:
