@@ -141,7 +141,7 @@ def check_dataset(
         items = _local_items(scanner, source, files)
         if source.eval_files:
             has_eval = True
-            eval_exact = _eval_hashes(source, fmt, trainer, report)
+            eval_exact = _eval_hashes(source, source.eval_files, fmt, trainer, report)
     else:
         hub = _hub_rows(path)
         if isinstance(hub, str):
@@ -152,7 +152,8 @@ def check_dataset(
 
         items = _hub_items(scanner, hub, path)
     if eval_path and Path(eval_path).exists():
-        eval_exact |= _eval_hashes(local_source(eval_path, split_eval=False), fmt, trainer, report)
+        held_out = local_source(eval_path, split_eval=False)
+        eval_exact |= _eval_hashes(held_out, held_out.train_files, fmt, trainer, report)
     hashes = _run_checks(report, scanner, items, label, tokenizer, max_length)
     report.errors = scanner.problems.lines() + report.errors
     report.format = scanner.format or fmt
@@ -216,10 +217,12 @@ def _hub_items(
             yield (0, number), example, None
 
 
-def _eval_hashes(source: LocalSource, fmt: str, trainer: str, report: CheckReport) -> set[int]:
+def _eval_hashes(
+    source: LocalSource, files: list[Path], fmt: str, trainer: str, report: CheckReport
+) -> set[int]:
     """Validate the eval files too; keep their row hashes to spot eval rows seen in training."""
     scanner = RowScanner(fmt, trainer, ProblemLog(keep=10))
-    hashes = {hash(orjson.dumps(ex.row)) for _, _, ex, _ in scanner.scan(source, source.eval_files)}
+    hashes = {hash(orjson.dumps(ex.row)) for _, _, ex, _ in scanner.scan(source, files)}
     report.errors += [f"eval data: {line}" for line in scanner.problems.lines()]
     report.stats["eval_rows"] = scanner.rows
     return hashes
@@ -370,12 +373,18 @@ def _other(label: Callable[[Loc], str], loc: Loc, other: Loc) -> str:
     return f"line {other[1]}" if other[0] == loc[0] and ":" in label(other) else label(other)
 
 
+def _plural(noun: str, count: int) -> str:
+    if count == 1:
+        return noun
+    return noun + ("es" if noun.endswith("ss") else "s")
+
+
 def _personal_data(report: CheckReport, pii: PersonalData, label: Callable[[Loc], str]) -> None:
     report.stats["personal_data"] = dict(pii.counts)
     if not pii.counts:
         return
     parts = [
-        f"{pii.counts[kind]:,} {kind}{'es' if kind.endswith('ss') else 's'} "
+        f"{pii.counts[kind]:,} {_plural(kind, pii.counts[kind])} "
         f"({', '.join(label(loc) for loc in pii.examples[kind])})"
         for kind in pii.KINDS
         if pii.counts[kind]
@@ -442,7 +451,7 @@ def _dataset_warnings(
     minimum = MIN_ROWS[trainer]
     if rows < minimum:
         report.warnings.append(
-            f"only {rows:,} rows: {trainer.upper()} usually needs at least {minimum} clean "
+            f"only {rows:,} {_plural('row', rows)}: {trainer.upper()} usually needs at least {minimum} clean "
             "examples (a few hundred good ones beat thousands of noisy ones)"
         )
     if not has_eval:

@@ -246,7 +246,7 @@ def _json_array(text: str) -> Iterator[Item]:
                 None,
                 RowProblem(
                     "broken JSON",
-                    f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}",
+                    f"not valid JSON: {exc.msg} at column {exc.colno}",
                 ),
                 None,
             )
