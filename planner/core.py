@@ -1,0 +1,499 @@
+"""The plan: memory, time and cost per method, the recommendation and the fixes."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from planner.arch import ModelSpec, load_model, lora_modules, parse_targets
+from planner.errors import PlanError
+from planner.gpus import GpuSpec, gpu_catalogue, resolve_gpu
+from planner.memory import (
+    FRAMEWORKS,
+    GIB,
+    OPTIMIZERS,
+    PRECISIONS,
+    MemoryEstimate,
+    MemorySettings,
+    estimate_memory,
+    optimizer_state_bytes,
+)
+from planner.speed import estimate_speed
+
+METHODS = ("full", "lora", "qlora")
+METHOD_LABELS = {"full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA"}
+STRATEGIES = ("ddp", "fsdp", "zero2", "zero3")
+ATTNS = ("sdpa", "flash", "eager")
+QUANTS = ("nf4", "nf4-dq")
+# A plan fits when its device peak leaves this share of the card free: the allocator
+# needs room for a batch longer than the average, and the driver keeps a little.
+HEADROOM = 0.05
+GPU_COUNTS = (1, 2, 4, 8)
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """Everything a plan depends on (see `request_from_preset` to build one from a preset)."""
+
+    model: str
+    methods: tuple[str, ...] = METHODS
+    trainer: str = "sft"
+    gpu: str | None = None
+    gpu_memory_gib: float | None = None
+    num_gpus: int = 1
+    strategy: str = "ddp"
+    seq_len: int = 2048
+    micro_batch: int = 1
+    grad_accum: int = 1
+    grad_ckpt: bool = True
+    attn: str = "sdpa"
+    precision: str = "bf16"
+    optimizer: str = "adamw_torch_fused"
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_targets: str = "all-linear"
+    quant: str = "nf4-dq"
+    liger: bool = False
+    examples: int | None = None
+    avg_tokens: int | None = None
+    dataset_tokens: int | None = None
+    epochs: float = 1.0
+    max_steps: int | None = None
+    price_usd_per_h: float | None = None
+    lora_dropout: float = 0.05
+    """Dropout on the adapter input (a dropout copy of each wrapped input is kept)."""
+    framework: str = "trl"
+    """Training stack whose memory behaviour to model: trl (default), hf, litgpt."""
+    precompute_ref: bool = False
+    """DPO: reference log-probs computed before training (no reference model in memory)."""
+
+
+@dataclass(frozen=True)
+class MethodPlan:
+    method: str
+    fits: bool | None
+    torch_peak_gib: float
+    device_peak_gib: float
+    breakdown: dict[str, float]
+    tokens_per_s: float
+    step_time_s: float
+    hours: float | None
+    cost_usd: float | None
+    fix: str | None = None
+    trainable_params: int = 0
+    spare_gib: float | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "fits": self.fits,
+            "torch_peak_gib": round(self.torch_peak_gib, 2),
+            "device_peak_gib": round(self.device_peak_gib, 2),
+            "spare_gib": None if self.spare_gib is None else round(self.spare_gib, 2),
+            "breakdown": {k: round(v, 3) for k, v in self.breakdown.items()},
+            "trainable_params": self.trainable_params,
+            "tokens_per_s": round(self.tokens_per_s, 1),
+            "step_time_s": round(self.step_time_s, 3),
+            "hours": None if self.hours is None else round(self.hours, 3),
+            "cost_usd": None if self.cost_usd is None else round(self.cost_usd, 2),
+            "fix": self.fix,
+        }
+
+
+@dataclass(frozen=True)
+class RentOption:
+    method: str
+    gpu: str
+    count: int
+    device_peak_gib: float
+    price_usd_per_h: float
+    hours: float | None
+    cost_usd: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "gpu": self.gpu,
+            "count": self.count,
+            "device_peak_gib": round(self.device_peak_gib, 2),
+            "price_usd_per_h": self.price_usd_per_h,
+            "hours": None if self.hours is None else round(self.hours, 3),
+            "cost_usd": None if self.cost_usd is None else round(self.cost_usd, 2),
+        }
+
+
+@dataclass(frozen=True)
+class PlanReport:
+    request: PlanRequest
+    model: ModelSpec
+    recommended: str | None
+    reason: str
+    options: list[MethodPlan]
+    gpu: GpuSpec | None
+    renting: list[RentOption]
+    total_tokens: float | None
+
+    def option(self, method: str) -> MethodPlan | None:
+        return next((o for o in self.options if o.method == method), None)
+
+    def to_json(self) -> dict[str, Any]:
+        r = self.request
+        return {
+            "recommended": self.recommended,
+            "reason": self.reason,
+            "model": {
+                "name": self.model.name,
+                "params": self.model.total_params,
+                "params_by_kind": self.model.params_by_kind(),
+            },
+            "gpu": None if self.gpu is None else {**self.gpu.to_json(), "count": r.num_gpus},
+            "settings": {
+                "trainer": r.trainer,
+                "strategy": r.strategy,
+                "seq_len": r.seq_len,
+                "micro_batch": r.micro_batch,
+                "grad_accum": r.grad_accum,
+                "grad_ckpt": r.grad_ckpt,
+                "attn": r.attn,
+                "precision": r.precision,
+                "optimizer": r.optimizer,
+                "lora_r": r.lora_r,
+                "lora_targets": r.lora_targets,
+                "quant": r.quant,
+                "liger": r.liger,
+            },
+            "total_tokens": self.total_tokens,
+            "options": [o.to_json() for o in self.options],
+            "renting": [o.to_json() for o in self.renting],
+        }
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _check(request: PlanRequest) -> list[str]:
+    r = request
+    problems: list[str] = []
+
+    def choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+        if value not in allowed:
+            problems.append(f"{name}: {value!r} is not one of {', '.join(allowed)}")
+
+    for m in r.methods:
+        choice("method", m, METHODS)
+    if not r.methods:
+        problems.append("methods: give at least one of full, lora, qlora")
+    choice("trainer", r.trainer, ("sft", "dpo"))
+    choice("strategy", r.strategy, STRATEGIES)
+    choice("attn", r.attn, ATTNS)
+    choice("precision", r.precision, PRECISIONS)
+    if optimizer_state_bytes(r.optimizer, 2) is None:
+        problems.append(
+            f"optimizer: {r.optimizer!r} is not known; use one of {', '.join(OPTIMIZERS)} "
+            "(or another TRL optim name such as lion_8bit, rmsprop, ademamix)"
+        )
+    choice("quant", r.quant, QUANTS)
+    choice("framework", r.framework, FRAMEWORKS)
+    for name in ("num_gpus", "seq_len", "micro_batch", "grad_accum", "lora_r"):
+        value = getattr(r, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            problems.append(f"{name}: must be a positive integer, got {value!r}")
+    for name in ("examples", "avg_tokens", "dataset_tokens", "max_steps"):
+        value = getattr(r, name)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            problems.append(f"{name}: must be a positive integer, got {value!r}")
+    if not (isinstance(r.epochs, (int, float)) and r.epochs > 0 and math.isfinite(r.epochs)):
+        problems.append(f"epochs: must be a positive number, got {r.epochs!r}")
+    if not 0 <= r.lora_dropout < 1:
+        problems.append(f"lora_dropout: must be in [0, 1), got {r.lora_dropout!r}")
+    if r.seq_len > 1_048_576:
+        problems.append(f"seq_len: {r.seq_len} tokens is beyond any model here (max 1048576)")
+    return problems
+
+
+# ----------------------------------------------------------------------------- one method
+
+
+def _settings(r: PlanRequest, method: str, targets: tuple[str, ...]) -> MemorySettings:
+    return MemorySettings(
+        method=method,
+        trainer=r.trainer,
+        num_gpus=r.num_gpus,
+        strategy=r.strategy if r.num_gpus > 1 else "ddp",
+        seq_len=r.seq_len,
+        micro_batch=r.micro_batch,
+        grad_accum=r.grad_accum,
+        grad_ckpt=r.grad_ckpt,
+        attn=r.attn,
+        precision=r.precision,
+        optimizer=r.optimizer,
+        lora_r=r.lora_r,
+        lora_targets=targets,
+        lora_dropout=r.lora_dropout,
+        quant=r.quant,
+        liger=r.liger,
+        framework=r.framework,
+        precompute_ref=r.precompute_ref,
+    )
+
+
+def _tokens_per_seq(r: PlanRequest) -> int:
+    return min(r.avg_tokens, r.seq_len) if r.avg_tokens else r.seq_len
+
+
+def total_tokens(r: PlanRequest) -> float | None:
+    """Training tokens over the whole run, when the data size is known."""
+    per_step = r.micro_batch * r.grad_accum * r.num_gpus * _tokens_per_seq(r)
+    if r.trainer == "dpo":
+        per_step *= 2
+    if r.max_steps is not None:
+        return float(r.max_steps * per_step)
+    data = None
+    if r.dataset_tokens is not None:
+        data = float(r.dataset_tokens)
+    elif r.examples is not None:
+        data = float(r.examples * _tokens_per_seq(r))
+        if r.trainer == "dpo":
+            data *= 2
+    return None if data is None else data * r.epochs
+
+
+def _one(
+    spec: ModelSpec, r: PlanRequest, method: str, gpu: GpuSpec | None, targets: tuple[str, ...]
+) -> tuple[MethodPlan, MemoryEstimate]:
+    mem = estimate_memory(spec, _settings(r, method, targets))
+    tflops = gpu.tflops if gpu is not None else 989.0  # no GPU: speed on an H100 for scale
+    speed = estimate_speed(
+        spec,
+        method,
+        _tokens_per_seq(r),
+        r.grad_ckpt,
+        r.trainer,
+        tflops,
+        r.num_gpus,
+        r.strategy,
+        r.micro_batch,
+    )
+    tokens_per_step = r.micro_batch * r.grad_accum * r.num_gpus * _tokens_per_seq(r)
+    if r.trainer == "dpo":
+        tokens_per_step *= 2
+    step_time_s = tokens_per_step / speed.tokens_per_s
+    tokens = total_tokens(r)
+    hours = None if tokens is None else tokens / speed.tokens_per_s / 3600
+    price = r.price_usd_per_h if r.price_usd_per_h is not None else None
+    if price is None and gpu is not None:
+        price = gpu.price_usd_per_h
+    cost = None if hours is None or price is None else hours * price * r.num_gpus
+    device_gib = mem.device_peak_bytes / GIB
+    fits = None
+    spare = None
+    if gpu is not None:
+        spare = gpu.memory_gib - device_gib
+        fits = device_gib <= gpu.memory_gib * (1 - HEADROOM)
+    plan = MethodPlan(
+        method=method,
+        fits=fits,
+        torch_peak_gib=mem.torch_peak_bytes / GIB,
+        device_peak_gib=device_gib,
+        breakdown={k: v / GIB for k, v in mem.breakdown_bytes.items() if abs(v) > 0},
+        tokens_per_s=speed.tokens_per_s,
+        step_time_s=step_time_s,
+        hours=hours,
+        cost_usd=cost,
+        trainable_params=mem.trainable_params,
+        spare_gib=spare,
+    )
+    return plan, mem
+
+
+def _fits(
+    spec: ModelSpec, r: PlanRequest, method: str, gpu: GpuSpec, targets: tuple[str, ...]
+) -> float | None:
+    """Device peak in GiB when this request fits the GPU, else None."""
+    mem = estimate_memory(spec, _settings(r, method, targets))
+    peak = mem.device_peak_bytes / GIB
+    return peak if peak <= gpu.memory_gib * (1 - HEADROOM) else None
+
+
+def _fmt_hours(hours: float | None) -> str:
+    if hours is None:
+        return ""
+    minutes = round(hours * 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
+
+
+def _find_fix(
+    spec: ModelSpec, r: PlanRequest, method: str, gpu: GpuSpec, targets: tuple[str, ...]
+) -> str | None:
+    """The cheapest change that makes `method` fit, checked by planning it again."""
+    candidates: list[tuple[str, PlanRequest, str]] = []
+    step = r
+    if not r.grad_ckpt:
+        step = replace(step, grad_ckpt=True)
+        candidates.append(("gradient checkpointing on (--grad-ckpt)", step, method))
+    mb = step.micro_batch
+    while mb > 1:
+        mb //= 2
+        ga = step.grad_accum * (step.micro_batch // mb)
+        trial = replace(step, micro_batch=mb, grad_accum=ga)
+        what = f"micro-batch {mb} x accumulation {ga} (same effective batch)"
+        if step is not r:
+            what = "gradient checkpointing and " + what
+        candidates.append((what, trial, method))
+    step = replace(step, micro_batch=1, grad_accum=r.micro_batch * r.grad_accum)
+    if method == "full" and not r.optimizer.endswith("8bit"):
+        candidates.append(
+            (
+                "the 8-bit optimizer (--optimizer adamw_8bit) with the changes above",
+                replace(step, optimizer="adamw_8bit"),
+                method,
+            )
+        )
+        step = replace(step, optimizer="adamw_8bit")
+    if not r.liger:
+        candidates.append(
+            ("Liger kernels (--liger) with the changes above", replace(step, liger=True), method)
+        )
+    seq = r.seq_len
+    while seq > 512:
+        seq //= 2
+        candidates.append(
+            (
+                f"a shorter sequence: --seq-len {seq} (with the changes above)",
+                replace(step, seq_len=seq),
+                method,
+            )
+        )
+    if method == "lora":
+        candidates.append(("QLoRA instead of LoRA (4-bit base)", r, "qlora"))
+    for what, trial, m in candidates:
+        peak = _fits(spec, trial, m, gpu, targets)
+        if peak is not None:
+            return f"{what}: {peak:.1f} GiB"
+    for count in GPU_COUNTS:
+        if count <= r.num_gpus:
+            continue
+        trial = replace(r, num_gpus=count, strategy="fsdp")
+        peak = _fits(spec, trial, method, gpu, targets)
+        if peak is not None:
+            plan, _ = _one(spec, trial, method, gpu, targets)
+            extra = ""
+            if plan.hours is not None:
+                extra = f", {_fmt_hours(plan.hours)}"
+                if plan.cost_usd is not None:
+                    extra += f", ${plan.cost_usd:,.2f}"
+            return f"{count}x {gpu.name} with FSDP: {peak:.1f} GiB per GPU{extra}"
+    return f"nothing tried fits on up to {GPU_COUNTS[-1]}x {gpu.name}; see the renting view"
+
+
+def _renting(spec: ModelSpec, r: PlanRequest, targets: tuple[str, ...]) -> list[RentOption]:
+    out: list[RentOption] = []
+    for method in r.methods:
+        best: RentOption | None = None
+        for gpu in gpu_catalogue():
+            if gpu.price_usd_per_h is None:
+                continue
+            for count in GPU_COUNTS:
+                trial = replace(
+                    r,
+                    num_gpus=count,
+                    strategy="fsdp" if count > 1 else "ddp",
+                    price_usd_per_h=None,
+                )
+                if _fits(spec, trial, method, gpu, targets) is None:
+                    continue
+                plan, _ = _one(spec, trial, method, gpu, targets)
+                option = RentOption(
+                    method=method,
+                    gpu=gpu.name,
+                    count=count,
+                    device_peak_gib=plan.device_peak_gib,
+                    price_usd_per_h=gpu.price_usd_per_h,
+                    hours=plan.hours,
+                    cost_usd=plan.cost_usd,
+                )
+                key = (
+                    option.cost_usd if option.cost_usd is not None else gpu.price_usd_per_h * count
+                )
+                if best is None or key < (
+                    best.cost_usd
+                    if best.cost_usd is not None
+                    else best.price_usd_per_h * best.count
+                ):
+                    best = option
+                break  # more of the same GPU only costs more
+        if best is not None:
+            out.append(best)
+    return out
+
+
+def _reason(
+    options: list[MethodPlan], gpu: GpuSpec | None, recommended: str | None, num_gpus: int
+) -> str:
+    if gpu is None:
+        return "no GPU detected or named: estimates for every method, and where each fits cheapest"
+    where = f"{num_gpus}x {gpu.name}" if num_gpus > 1 else gpu.name
+    if recommended is None:
+        smallest = min(options, key=lambda o: o.device_peak_gib)
+        return (
+            f"nothing fits on {where}: {METHOD_LABELS[smallest.method]} needs "
+            f"{smallest.device_peak_gib:.1f} GiB, {smallest.device_peak_gib / gpu.memory_gib:.2f}x "
+            "this GPU; see the fixes"
+        )
+    best = next(o for o in options if o.method == recommended)
+    text = f"{METHOD_LABELS[recommended]} fits with {best.spare_gib:.1f} GiB to spare"
+    others = []
+    for o in options:
+        if o.method == recommended:
+            continue
+        if not o.fits:
+            others.append(
+                f"{METHOD_LABELS[o.method]} needs {o.device_peak_gib:.1f} GiB, "
+                f"{o.device_peak_gib / gpu.memory_gib:.2f}x this GPU"
+            )
+        else:
+            change = o.tokens_per_s / best.tokens_per_s - 1 if best.tokens_per_s else 0.0
+            pace = f"{abs(100 * change):.0f} % {'faster' if change > 0 else 'slower'}"
+            if o.method == "full" or METHODS.index(o.method) < METHODS.index(recommended):
+                others.append(f"{METHOD_LABELS[o.method]} fits too ({pace})")
+            else:
+                others.append(f"{METHOD_LABELS[o.method]} saves memory not needed here ({pace})")
+    return text + ("; " + "; ".join(others) if others else "")
+
+
+def plan(request: PlanRequest) -> PlanReport:
+    """Plan every requested method for a model, GPU and data size."""
+    problems = _check(request)
+    if problems:
+        raise PlanError(problems)
+    spec = load_model(request.model)
+    targets = parse_targets(request.lora_targets)
+    if any(m != "full" for m in request.methods):
+        lora_modules(spec, targets)  # unknown target names are bad input
+    gpu = resolve_gpu(request.gpu, request.gpu_memory_gib, request.price_usd_per_h)
+    options: list[MethodPlan] = []
+    for method in dict.fromkeys(request.methods):
+        option, _ = _one(spec, request, method, gpu, targets)
+        if gpu is not None and option.fits is False:
+            option = replace(option, fix=_find_fix(spec, request, method, gpu, targets))
+        options.append(option)
+    recommended = None
+    if gpu is not None:
+        fitting = [o for o in options if o.fits]
+        if fitting:
+            recommended = min(fitting, key=lambda o: METHODS.index(o.method)).method
+    renting = _renting(spec, request, targets)
+    return PlanReport(
+        request=request,
+        model=spec,
+        recommended=recommended,
+        reason=_reason(options, gpu, recommended, request.num_gpus),
+        options=options,
+        gpu=gpu,
+        renting=renting,
+        total_tokens=total_tokens(request),
+    )

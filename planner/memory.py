@@ -1,0 +1,346 @@
+"""Peak GPU memory of one training process, component by component.
+
+The model follows what PyTorch keeps alive, tensor by tensor, at the two moments a training
+step peaks: the start of the backward pass (every saved activation, the loss buffers and the
+gradients accumulated so far) and the optimizer step (weights, gradients, optimizer states
+and the optimizer's temporaries). Units are bytes; the report turns them into GiB.
+
+`framework` selects the few places where training stacks differ physically:
+- `trl`: TRL >= 1.x with transformers: the LM head and loss run fused, in tiles of 4096
+  tokens x 32768 vocabulary entries, so the (tokens x vocabulary) logits are never built;
+  LoRA adapters kept in fp32 (PEFT's default), in bf16 for QLoRA (TRL casts them).
+- `hf`: a transformers model computing its own loss: bf16 logits, an fp32 copy and fp32
+  log-softmax output (the usual HF Trainer / plain training loop).
+- `litgpt`: LitGPT: logits kept in bf16 chunks, bf16 cross entropy; LoRA in the model dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from planner.arch import Linear, ModelSpec, lora_modules
+
+GIB = 1024**3
+
+# What an empty CUDA process holds outside PyTorch's allocator (context, kernels of
+# PyTorch, cuBLAS and NCCL loaded lazily): nvidia-smi shows about 0.5-0.9 GiB.
+CUDA_CONTEXT_BYTES = int(0.75 * GIB)
+# bitsandbytes' 4-bit layout: NF4 codes (0.5 byte) plus one absmax per block of 64
+# weights: fp32 without double quantisation, 8-bit (+ one fp32 per 256 blocks) with it.
+NF4_BYTES = {"nf4": 0.5 + 4 / 64, "nf4-dq": 0.5 + 1 / 64 + 4 / (64 * 256)}
+# The caching allocator keeps freed blocks for reuse; at the peak, part of the reserved
+# pool is blocks of the wrong size. Measured reserved/allocated ratios of training runs
+# sit around 1.03-1.10 of the memory that changes during a step.
+FRAGMENTATION = 0.06
+FUSED_TILE_TOKENS = 4096
+FUSED_TILE_VOCAB = 32768
+
+OPTIMIZERS = (
+    "adamw_torch",
+    "adamw_torch_fused",
+    "adamw_hf",
+    "adamw_8bit",
+    "adamw_bnb_8bit",
+    "paged_adamw_8bit",
+    "paged_adamw_32bit",
+    "adamw_bnb_32bit",
+    "adafactor",
+    "sgd",
+)
+PRECISIONS = ("bf16", "bf16-mixed", "fp16-mixed", "fp32")
+FRAMEWORKS = ("trl", "hf", "litgpt")
+
+
+@dataclass(frozen=True)
+class MemorySettings:
+    """The settings that decide memory (a subset of the plan request)."""
+
+    method: str
+    trainer: str = "sft"
+    num_gpus: int = 1
+    strategy: str = "ddp"
+    seq_len: int = 2048
+    micro_batch: int = 1
+    grad_accum: int = 1
+    grad_ckpt: bool = True
+    attn: str = "sdpa"
+    precision: str = "bf16"
+    optimizer: str = "adamw_torch_fused"
+    lora_r: int = 16
+    lora_targets: tuple[str, ...] = ("all-linear",)
+    lora_dropout: float = 0.05
+    quant: str = "nf4-dq"
+    liger: bool = False
+    framework: str = "trl"
+    precompute_ref: bool = False
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    breakdown_bytes: dict[str, float]
+    """Component -> bytes; sums to `device_peak_bytes`."""
+    torch_peak_bytes: float
+    """What torch.cuda.max_memory_reserved would report."""
+    allocated_peak_bytes: float
+    """What torch.cuda.max_memory_allocated would report."""
+    device_peak_bytes: float
+    """torch_peak plus the CUDA context and memory outside PyTorch's pool (nvidia-smi)."""
+    trainable_params: int
+
+
+def _weight_bytes(precision: str) -> int:
+    return 2 if precision == "bf16" else 4
+
+
+def optimizer_state_bytes(optimizer: str, param_bytes: int) -> float | None:
+    """Optimizer state per trainable parameter, in the dtype the optimizer keeps it;
+    None for an optimizer the planner does not know."""
+    name = optimizer.lower()
+    eight_bit = 1.0 + 4 / 256  # uint8 value + one fp32 absmax per block of 256
+    if name in (
+        "adamw_torch",
+        "adamw_torch_fused",
+        "adamw_hf",
+        "adamw_torch_xla",
+        "adamw_torch_npu_fused",
+        "adamw_anyprecision",
+        "stable_adamw",
+        "grokadamw",
+    ):
+        return 2.0 * param_bytes  # exp_avg, exp_avg_sq in the parameter's dtype
+    if name in ("adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit", "adamw_torch_8bit"):
+        return 2 * eight_bit
+    if name == "adamw_torch_4bit":
+        return 2 * (0.5 + 4 / 128)
+    if name in ("paged_adamw_32bit", "adamw_bnb_32bit"):
+        return 8.0  # bitsandbytes keeps 32-bit states in fp32
+    if name in ("lion_32bit", "paged_lion_32bit", "rmsprop_bnb_32bit"):
+        return 4.0
+    if name in ("lion_8bit", "paged_lion_8bit", "rmsprop_bnb_8bit", "rmsprop_bnb"):
+        return eight_bit
+    if name in ("rmsprop", "adagrad"):
+        return float(param_bytes)
+    if name in ("ademamix", "paged_ademamix_32bit"):
+        return 3.0 * (4 if name.startswith("paged") else param_bytes)
+    if name in ("ademamix_8bit", "paged_ademamix_8bit"):
+        return 3 * eight_bit
+    if name.startswith("schedule_free"):
+        return 2.0 * param_bytes
+    if name in ("sgd", "lomo", "adalomo"):
+        return 0.0  # plain SGD (no momentum) and the fused-update optimizers keep no state
+    if name.startswith(("galore", "apollo")):
+        return 0.25 * param_bytes  # low-rank projected states: a fraction of one copy
+    if name == "adafactor":
+        return 0.0  # handled from the shapes
+    return None
+
+
+def _optimizer_state_bytes(optimizer: str, param_bytes: int) -> float:
+    value = optimizer_state_bytes(optimizer, param_bytes)
+    return 0.0 if value is None else value
+
+
+def _adafactor_state_elems(spec: ModelSpec, trainable: tuple[Linear, ...] | None) -> float:
+    """Adafactor keeps a row and a column vector per matrix (no first moment by default)."""
+    if trainable is not None:  # adapters: A (r x in) and B (out x r)
+        return 0.0
+    per_layer = sum(m.in_features + m.out_features for m in spec.linears)
+    return per_layer * spec.num_layers + 2 * (spec.vocab_size + spec.hidden_size)
+
+
+def _layer_activation_bytes(spec: ModelSpec, s: MemorySettings, act: int, tokens: int) -> float:
+    """Bytes one decoder layer saves for its backward pass, for `tokens` tokens."""
+    h, kv, q = spec.hidden_size, spec.kv_dim, spec.q_dim
+    full = s.method == "full"
+    wrapped: set[str] = set()
+    if not full:
+        wrapped = {m.name for m in lora_modules(spec, s.lora_targets)}
+
+    def input_kept(roles: tuple[str, ...]) -> float:
+        """Copies of one block input kept by the linears that read it (in activation
+        units): a trainable linear keeps its input for the weight gradient, a frozen one
+        nothing (its input gradient needs only the weight). A LoRA branch keeps its
+        input, or with dropout its own dropped-out copy plus a 1-byte mask."""
+        readers = {m.name: m for m in spec.linears if set(m.roles) & set(roles)}
+        if full:
+            return 1.0 if readers else 0.0
+        hit = [name for name in readers if name in wrapped]
+        if not hit:
+            return 0.0
+        if s.lora_dropout > 0:
+            return len(hit) * (1.0 + 0.5 * (2 / act))
+        return 1.0
+
+    norms = 2 if spec.model_type not in ("gemma2", "gemma3_text") else 4
+    if spec.norm_kind == "rms" and not s.liger and s.framework != "litgpt":
+        # RMSNorm upcasts to fp32 and keeps it; the weight multiply keeps the bf16 normed
+        # tensor only when the weight trains.
+        norm_bytes = 4 * h + (act * h if full else 0)
+    elif spec.norm_kind == "rms" and s.framework == "litgpt":
+        norm_bytes = 8 * h  # LitGPT's RMSNorm keeps the fp32 input and fp32 normed tensor
+    else:
+        norm_bytes = act * h  # LayerNorm / fused RMSNorm keep the input (+ tiny statistics)
+    total = norms * norm_bytes
+    if spec.model_type == "phi":
+        norms = 1
+        total = norm_bytes
+
+    # Attention: inputs of the projections, q/k/v for the kernel, its output.
+    total += act * h * input_kept(("q", "k", "v"))
+    expand_kv = spec.num_kv_heads < spec.num_heads and (
+        s.attn == "eager" or (s.attn == "sdpa" and s.micro_batch > 1 and s.framework != "litgpt")
+    )
+    kv_saved = 2 * (q if expand_kv else kv)
+    total += act * (q + kv_saved)  # rotated q, k and v kept by the attention kernel
+    total += act * q  # the attention output, kept by the kernel
+    total += act * q * input_kept(("o",))  # the contiguous copy o_proj keeps
+    if s.attn == "eager":
+        # softmax kept in fp32 and its bf16 copy for the value product, per head and key
+        total += 6 * spec.num_heads * s.seq_len
+
+    # MLP.
+    width = spec.mlp_width
+    up_in = input_kept(("gate", "up")) if spec.mlp_gated else input_kept(("up",))
+    total += act * h * up_in
+    if spec.mlp_gated:
+        # gate and up outputs; SiLU(gate) kept for the product (Liger recomputes it)
+        total += act * width * (2 if s.liger else 3)
+    else:
+        total += act * width * (3 if spec.model_type == "phi" else 1)  # tanh-GELU in parts
+    total += act * width * input_kept(("down",))
+    if spec.num_experts:
+        total += act * h * spec.experts_per_token  # tokens gathered per expert
+    return total * tokens
+
+
+def estimate_memory(spec: ModelSpec, s: MemorySettings) -> MemoryEstimate:
+    """Peak memory of one GPU's training process for these settings."""
+    p_total = spec.total_params
+    shard = s.num_gpus if s.strategy in ("fsdp", "zero3") else 1
+    opt_shard = s.num_gpus if s.strategy in ("fsdp", "zero3", "zero2") else 1
+    act = 4 if s.precision == "fp32" else 2
+    dpo = s.trainer == "dpo"
+    seqs = s.micro_batch * (2 if dpo else 1)  # chosen and rejected in one pass
+    tokens = seqs * s.seq_len
+    h = spec.hidden_size
+
+    parts: dict[str, float] = {}
+    trainable_modules: tuple[Linear, ...] | None = None
+    if s.method == "full":
+        w = _weight_bytes(s.precision)
+        parts["weights"] = p_total * w / shard
+        trainable = p_total
+        grad_bytes = trainable * w / opt_shard
+        state = _optimizer_state_bytes(s.optimizer, w)
+        if s.optimizer == "adafactor":
+            states = _adafactor_state_elems(spec, None) * w / opt_shard
+        else:
+            states = trainable * state / opt_shard
+        if s.precision in ("bf16-mixed", "fp16-mixed"):
+            # autocast keeps a 16-bit copy of every weight it casts during the step
+            parts["autocast copies"] = p_total * 2 / shard
+        if dpo and not s.precompute_ref:
+            parts["reference model"] = p_total * 2 / shard
+    else:
+        trainable_modules = lora_modules(spec, s.lora_targets)
+        trainable = sum(s.lora_r * (m.in_features + m.out_features) for m in trainable_modules)
+        trainable *= spec.num_layers
+        base_w = _weight_bytes(s.precision)
+        if s.method == "qlora":
+            quantized = spec.quantizable_params
+            parts["weights"] = (quantized * NF4_BYTES[s.quant] + (p_total - quantized) * 2) / shard
+            adapter_w = 2 if s.framework == "trl" else 4
+        else:
+            parts["weights"] = p_total * base_w / shard
+            adapter_w = 4 if s.framework == "trl" else base_w
+        parts["adapters"] = trainable * adapter_w
+        grad_bytes = trainable * adapter_w
+        if s.optimizer == "adafactor":
+            states = trainable * adapter_w * 0.05
+        else:
+            states = trainable * _optimizer_state_bytes(s.optimizer, adapter_w)
+
+    parts["gradients"] = grad_bytes
+    paged = s.optimizer.startswith("paged_")
+    parts["optimizer"] = states
+
+    # Activations kept for the backward pass.
+    layer_full = _layer_activation_bytes(spec, s, act, tokens)
+    if s.grad_ckpt:
+        kept = spec.num_layers * act * h * tokens  # each layer's input only
+        # one layer recomputed at a time, plus its gradient temporaries
+        activations = kept + 2 * layer_full
+    else:
+        activations = spec.num_layers * layer_full + layer_full  # + one layer's grad temps
+    activations += act * h * tokens * 2  # embedding output and final norm output
+    parts["activations"] = activations
+
+    # Logits and loss.
+    head_trainable = s.method == "full"
+    if s.framework == "trl" or s.liger:
+        tile = min(tokens, FUSED_TILE_TOKENS) * min(spec.vocab_size, FUSED_TILE_VOCAB) * act
+        loss = tile + tokens * h * (act + 4)  # hidden copy + fp32 hidden gradient
+        if head_trainable:
+            loss += spec.vocab_size * h * 4 / shard  # fp32 head gradient before the cast
+    elif s.framework == "litgpt":
+        loss = tokens * spec.vocab_size * 8  # bf16 logits, bf16 log-softmax, two bf16 grads
+    else:
+        loss = tokens * spec.vocab_size * 12  # fp32 log-softmax + two fp32 gradients
+    parts["logits/loss"] = loss
+
+    # Peak moments: start of backward vs the optimizer step.
+    static = parts["weights"] + parts.get("adapters", 0.0) + parts.get("reference model", 0.0)
+    if not paged:
+        static += states
+    grads_in_backward = grad_bytes if s.grad_accum > 1 else 0.0
+    backward_peak = (
+        static + parts.get("autocast copies", 0.0) + grads_in_backward + activations + loss
+    )
+    end_of_backward = static + grad_bytes + parts.get("autocast copies", 0.0) + layer_full
+    opt_temp = 0.0
+    if s.optimizer in ("adamw_torch", "adamw_hf") and not paged:
+        opt_temp = (trainable / opt_shard) * (
+            4 if s.method != "full" else _weight_bytes(s.precision)
+        )
+    step_peak = static + grad_bytes + opt_temp
+    if shard > 1:
+        # FSDP / ZeRO-3 gather one layer's full weights (and its gradients) at a time
+        layer_params = p_total / spec.num_layers
+        backward_peak += 2 * layer_params * (2 if s.method == "full" else 0.6)
+    allocated = max(backward_peak, end_of_backward, step_peak)
+    if grads_in_backward == 0.0 and allocated == backward_peak:
+        parts["gradients"] = 0.0 if s.method == "full" else grad_bytes
+    parts["optimizer step temp"] = opt_temp if allocated == step_peak else 0.0
+    # Fragmentation comes from the memory that is freed and re-allocated every step.
+    churn = activations + loss + (grad_bytes if s.grad_accum == 1 else 0.0) + opt_temp
+    allocator = FRAGMENTATION * churn
+    torch_peak = allocated + allocator
+    paged_bytes = states if paged else 0.0
+    device_peak = torch_peak + CUDA_CONTEXT_BYTES + paged_bytes
+
+    breakdown = {
+        "weights": parts["weights"],
+        "reference model": parts.get("reference model", 0.0),
+        "adapters": parts.get("adapters", 0.0),
+        "gradients": grad_bytes,
+        "optimizer": states,
+        "autocast copies": parts.get("autocast copies", 0.0),
+        "activations": activations,
+        "logits/loss": loss,
+        "optimizer step temp": opt_temp,
+        "allocator": allocator,
+        "CUDA context": float(CUDA_CONTEXT_BYTES),
+    }
+    # The breakdown lists what exists at the peak moment; components not alive then are
+    # shown as what they cost, and the difference is folded into the "overlap" entry so
+    # that the parts still add up to the device peak.
+    overlap = device_peak - sum(breakdown.values())
+    if abs(overlap) > 1:
+        breakdown["not at peak"] = overlap
+    return MemoryEstimate(
+        breakdown_bytes=breakdown,
+        torch_peak_bytes=torch_peak,
+        allocated_peak_bytes=allocated,
+        device_peak_bytes=device_peak,
+        trainable_params=trainable,
+    )
