@@ -139,7 +139,14 @@ class RunState(BaseModel):
     """Checkpoint folder the current segment resumed from."""
     auto_resume: bool = False
     """Whether `tunedeck resume --all-interrupted` (autostart) picks this run up."""
-    tokens_seen: int | None = None
+    steps_started_at: str | None = None
+    """When the first step of the current segment began (after loading); paces the ETA."""
+    checkpoint_step: int | None = None
+    """Step of the newest checkpoint written."""
+    stopped_by_user: bool = False
+    """The last interruption was `tunedeck stop` (autostart leaves such runs alone)."""
+    peak_gpu_mem_gib: float | None = None
+    """Peak GPU memory allocated by torch on rank 0 during the last segment."""
 
 
 # ---------------------------------------------------------------- state.json
@@ -181,7 +188,7 @@ def update_state(run_dir: Path | str, durable: bool = True, **changes: Any) -> R
     state = read_state(run_dir)
     if state is None:
         return None
-    new = state.model_copy(update=changes)
+    new = RunState.model_validate({**state.model_dump(), **changes})
     write_state(run_dir, new, durable=durable)
     return new
 
@@ -347,6 +354,7 @@ def summarize(run_dir: Path, state: RunState, now_s: float | None = None) -> Run
     tps = next((r["tokens_per_s"] for r in reversed(records) if _num(r.get("tokens_per_s"))), None)
 
     seg_start = parse_iso(state.segment_started_at) or parse_iso(state.started_at)
+    pace_start = parse_iso(state.steps_started_at) or seg_start
     seg_end = now_s if status in ACTIVE else parse_iso(state.ended_at)
     if status not in ACTIVE and seg_end is None:
         # Killed without a word: the last heartbeat is the best guess of when it stopped.
@@ -358,8 +366,9 @@ def summarize(run_dir: Path, state: RunState, now_s: float | None = None) -> Run
 
     eta_s: float | None = None
     steps_done = state.step - state.segment_start_step
-    if status in ACTIVE and state.max_steps and steps_done > 0 and segment_s > 0:
-        eta_s = max(0, state.max_steps - state.step) * segment_s / steps_done
+    pace_s = now_s - pace_start if pace_start else 0.0
+    if status in ACTIVE and state.max_steps and steps_done > 0 and pace_s > 0:
+        eta_s = max(0, state.max_steps - state.step) * pace_s / steps_done
     cost = projected = None
     if state.price_usd_per_h is not None:
         cost = elapsed_s / 3600.0 * state.price_usd_per_h

@@ -1,0 +1,536 @@
+"""Starting, stopping and resuming runs.
+
+A run is started in its own session and process group (setsid), with stdin closed and its output
+going to train.log, so it does not die with the terminal, the SSH session or the app that started
+it; the launcher returns as soon as the process exists. Everything is checked before anything is
+created: a refused launch leaves no folder behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from presets import locations
+from runner import checkpoints as ckpt
+from runner.runs import (
+    ACTIVE,
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    LOG_FILE,
+    METRICS_FILE,
+    RunError,
+    RunState,
+    boot_id,
+    effective_status,
+    ensure_private_dir,
+    now_iso,
+    parse_iso,
+    process_alive,
+    read_state,
+    update_state,
+    write_state,
+)
+
+if TYPE_CHECKING:
+    from presets.schema import Preset
+
+STOP_REQUEST_FILE = "stop-requested"  # same name as runner.train's, which cannot be imported here
+# torchrun gives its workers this long after a SIGTERM before it kills them; a checkpoint of a
+# large model needs more than its default 30 s.
+TORCHRUN_SHUTDOWN_S = 600
+
+
+@dataclass(frozen=True)
+class LaunchResult:
+    run_id: str
+    run_dir: Path
+    warnings: list[str] = field(default_factory=list)
+    pid: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "run_dir": str(self.run_dir), "warnings": self.warnings}
+
+
+@dataclass
+class Preflight:
+    """What was found before launching: `problems` refuse the launch, `warnings` do not."""
+
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    plan: Any = None
+    data: Any = None
+    fit_check: str = "not checked"
+    fit_problem: str | None = None
+    """The plan does not fit the detected GPUs (refused unless forced)."""
+    planned_device_peak_gib: float | None = None
+    gpu_count: int = 0
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """Several machines: what torchrun needs to find the others."""
+
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str | None = None
+    master_port: int = 29500
+
+
+# ---------------------------------------------------------------- checks before launching
+
+
+def _looks_local(raw: str, expanded: str) -> bool:
+    if raw.startswith(("/", ".", "~", "{data_dir}")) or os.path.exists(expanded):
+        return True
+    # A hub id is `name` or `org/name`; anything deeper is a path.
+    return expanded.count("/") > 1
+
+
+def _check_model(preset: Preset, pf: Preflight) -> None:
+    model = locations.expand(preset.model)
+    if not _looks_local(preset.model, model):
+        if os.environ.get("HF_HUB_OFFLINE") == "1":
+            pf.warnings.append(f"model {model}: a hub id, and HF_HUB_OFFLINE=1: must be cached")
+        return
+    path = Path(model)
+    if not path.is_dir():
+        hint = (
+            " (run `tunedeck demo` once to create it)" if "{data_dir}/demo" in preset.model else ""
+        )
+        pf.problems.append(f"model: {model}: no such folder{hint}")
+    elif not (path / "config.json").is_file():
+        pf.problems.append(f"model: {model}: not a model folder (no config.json in it)")
+
+
+def _check_data(preset: Preset, pf: Preflight) -> None:
+    from runner.data import check_dataset
+
+    spec = preset.dataset
+    path = locations.expand(spec.path)
+    eval_path = locations.expand(spec.eval_path) if spec.eval_path else None
+    max_length = preset.training.get("max_length")
+    report = check_dataset(
+        path,
+        trainer=preset.trainer,
+        max_length=max_length if isinstance(max_length, int) else None,
+        fmt=spec.format,
+        eval_path=eval_path,
+        eval_fraction=spec.eval_fraction,
+    )
+    pf.data = report
+    _data_problems(report, "dataset", pf)
+    if eval_path:
+        # Only its errors: a lone eval file's "too small, no eval split" advice is for train data.
+        eval_pf = Preflight()
+        eval_report = check_dataset(eval_path, trainer=preset.trainer, fmt=spec.format)
+        _data_problems(eval_report, "eval", eval_pf)
+        pf.problems += eval_pf.problems
+
+
+def _data_problems(report: Any, what: str, pf: Preflight) -> None:
+    if report.usage_error:
+        pf.problems.append(f"{what}: {report.usage_error}")
+        return
+    shown = report.errors[:8]
+    pf.problems += [f"{what}: {line}" for line in shown]
+    if len(report.errors) > len(shown):
+        pf.problems.append(f"{what}: ... and {len(report.errors) - len(shown)} more problems")
+    pf.warnings += [f"{what}: {line}" for line in report.warnings[:5]]
+
+
+def _check_fit(preset: Preset, pf: Preflight) -> None:
+    from runner.gpu import GpuSource
+
+    source = GpuSource()
+    snap = source.snapshot()
+    source.close()
+    gpus = snap.gpus if snap.available else ()
+    pf.gpu_count = len(gpus)
+    if not gpus:
+        pf.fit_check = "no GPU: not checked"
+        if preset.method == "qlora":
+            pf.problems.append("method qlora needs a CUDA GPU (bitsandbytes 4-bit); none found")
+        return
+    try:
+        from planner import PlanError, plan, request_from_preset
+    except ImportError:
+        pf.fit_check = "planner not available: not checked"
+        return
+    try:
+        report = plan(
+            request_from_preset(
+                preset,
+                gpu_memory_gib=gpus[0].memory_total_gib,
+                num_gpus=min(len(gpus), preset.launch.num_gpus),
+            )
+        )
+    except PlanError as exc:
+        pf.fit_check = "not checked"
+        pf.warnings += [f"plan: {line}" for line in exc.lines]
+        return
+    pf.plan = report
+    option = next((o for o in report.options if o.method == preset.method), None)
+    if option is None:
+        pf.fit_check = "not checked"
+        return
+    pf.planned_device_peak_gib = option.device_peak_gib
+    total_gib = gpus[0].memory_total_gib or 0.0
+    if option.fits is False:
+        pf.fit_check = "does not fit"
+        fix = f"; fix: {option.fix}" if option.fix else ""
+        pf.fit_problem = (
+            f"plan: {preset.method} needs about {option.device_peak_gib:.1f} GiB per GPU, "
+            f"the GPU has {total_gib:.1f} GiB{fix}"
+        )
+    else:
+        pf.fit_check = "fits"
+
+
+def preflight(preset: Preset, check_data: bool = True) -> Preflight:
+    """Check the model, the data and the fit before launching; never raises for bad input."""
+    pf = Preflight()
+    _check_model(preset, pf)
+    if check_data:
+        _check_data(preset, pf)
+    if preset.launch.num_gpus > 1 and preset.launch.strategy == "single":
+        pf.problems.append("launch.strategy single runs one process; use ddp for several")
+    _check_fit(preset, pf)
+    return pf
+
+
+# ---------------------------------------------------------------- process start
+
+
+def _project_root() -> str:
+    return str(Path(__file__).resolve().parent.parent)
+
+
+def training_command(run_dir: Path, num_procs: int, dist: Distributed) -> list[str]:
+    """`python -m runner.train RUN_DIR`, under torchrun when there is more than one process."""
+    if num_procs <= 1 and dist.nnodes <= 1:
+        return [sys.executable, "-m", "runner.train", str(run_dir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={num_procs}",
+        f"--nnodes={dist.nnodes}",
+        f"--shutdown_timeout={TORCHRUN_SHUTDOWN_S}",
+    ]
+    if dist.nnodes > 1:
+        cmd += [
+            f"--node_rank={dist.node_rank}",
+            f"--master_addr={dist.master_addr}",
+            f"--master_port={dist.master_port}",
+        ]
+    else:
+        cmd.append("--standalone")  # a free local port: several runs side by side
+    return [*cmd, "-m", "runner.train", str(run_dir)]
+
+
+def _spawn(run_dir: Path, command: list[str]) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (_project_root(), env.get("PYTHONPATH", "")) if p
+    )
+    log_fd = os.open(run_dir / LOG_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        with open(log_fd, "ab", closefd=False) as log:
+            log.write(f"--- {now_iso()} {' '.join(command)}\n".encode())
+        return subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log_fd,
+            stderr=subprocess.STDOUT,
+            cwd=run_dir,
+            env=env,
+            start_new_session=True,  # setsid: own session and process group, no terminal
+            close_fds=True,
+            umask=0o077,  # every file of the run readable by its owner only
+        )
+    finally:
+        os.close(log_fd)
+
+
+def _record_process(run_dir: Path, proc: subprocess.Popen[bytes]) -> None:
+    import psutil
+
+    try:
+        created = psutil.Process(proc.pid).create_time()
+    except psutil.Error:
+        created = None
+    update_state(
+        run_dir,
+        pid=proc.pid,
+        pgid=proc.pid,  # start_new_session makes the child its group's leader
+        pid_create_time=created,
+        boot_id=boot_id(),
+        host=socket.gethostname(),
+        updated_at=now_iso(),
+    )
+
+
+def _check_root(root: Path) -> None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunError(
+            [
+                f"runs folder {root}: cannot create it ({exc.strerror}); choose another with "
+                "--runs-dir or TUNEDECK_RUNS"
+            ]
+        ) from None
+    if not root.is_dir() or not os.access(root, os.W_OK | os.X_OK):
+        raise RunError(
+            [f"runs folder {root}: not writable; choose another with --runs-dir or TUNEDECK_RUNS"]
+        )
+
+
+def _new_run_dir(root: Path, preset_name: str, name: str | None) -> Path:
+    from presets.schema import NAME_PATTERN
+
+    if name is not None:
+        if not NAME_PATTERN.match(name):
+            raise RunError(
+                [
+                    f"--name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting "
+                    "with a letter or digit"
+                ]
+            )
+        candidates = [name]
+    else:
+        base = f"{preset_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        candidates = [base] + [f"{base}-{i}" for i in range(2, 100)]
+    for run_id in candidates:
+        run_dir = root / run_id
+        try:
+            run_dir.mkdir(mode=0o700)  # exclusive: two launches never share a folder
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise RunError(
+                [f"runs folder {root}: cannot create {run_id} ({exc.strerror})"]
+            ) from None
+        ensure_private_dir(run_dir)
+        return run_dir
+    raise RunError([f"run {candidates[0]} already exists under {root}; choose another --name"])
+
+
+def launch(
+    root: Path,
+    preset: Preset,
+    name: str | None = None,
+    force: bool = False,
+    auto_resume: bool | None = None,
+    dist: Distributed | None = None,
+) -> LaunchResult:
+    """Check, create the run folder, start the training detached and return at once."""
+    from presets.store import preset_to_yaml, write_atomic
+
+    dist = dist or Distributed(nnodes=preset.launch.nnodes)
+    pf = preflight(preset)
+    problems = list(pf.problems)
+    warnings = list(pf.warnings)
+    fit_check = pf.fit_check
+    if pf.fit_problem:
+        if force:
+            warnings.append(pf.fit_problem + " (launched anyway: --force)")
+            fit_check = "does not fit: forced"
+        else:
+            problems += [pf.fit_problem, "nothing launched; --force launches anyway"]
+    if dist.nnodes > 1 and not dist.master_addr:
+        problems.append("several machines (nnodes > 1) need --master-addr")
+    if problems:
+        raise RunError(problems)
+    _check_root(root)
+    run_dir = _new_run_dir(root, preset.name, name)
+    try:
+        write_atomic(run_dir / CONFIG_FILE, preset_to_yaml(preset), mode=0o600)
+        state = RunState(
+            run_id=run_dir.name,
+            status="running",
+            host=socket.gethostname(),
+            started_at=now_iso(),
+            segment_started_at=now_iso(),
+            preset_name=preset.name,
+            method=preset.method,
+            trainer=preset.trainer,
+            num_gpus=preset.launch.num_gpus,
+            price_usd_per_h=preset.price_usd_per_h,
+            planned_device_peak_gib=pf.planned_device_peak_gib,
+            fit_check=fit_check,
+            max_steps=preset.training.get("max_steps")
+            if isinstance(preset.training.get("max_steps"), int)
+            else None,
+            auto_resume=preset.launch.auto_resume if auto_resume is None else auto_resume,
+            boot_id=boot_id(),
+        )
+        write_state(run_dir, state)
+        _save_dist(run_dir, dist)
+        proc = _spawn(run_dir, training_command(run_dir, preset.launch.num_gpus, dist))
+    except OSError as exc:
+        import shutil
+
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise RunError([f"run {run_dir}: cannot start ({exc})"]) from None
+    _record_process(run_dir, proc)
+    return LaunchResult(run_dir.name, run_dir, warnings, proc.pid)
+
+
+def _save_dist(run_dir: Path, dist: Distributed) -> None:
+    import json
+
+    from presets.store import write_atomic
+
+    write_atomic(run_dir / "launch.json", json.dumps(dist.__dict__) + "\n", mode=0o600)
+
+
+def _load_dist(run_dir: Path) -> Distributed:
+    import json
+
+    try:
+        return Distributed(**json.loads((run_dir / "launch.json").read_text()))
+    except (OSError, ValueError, TypeError):
+        return Distributed()
+
+
+# ---------------------------------------------------------------- control
+
+
+def _require_state(run_dir: Path) -> RunState:
+    state = read_state(run_dir)
+    if state is None:
+        raise RunError([f"{run_dir}: no readable state.json; is this a run folder?"])
+    return state
+
+
+def stop(run_dir: Path, now: bool = False) -> None:
+    """SIGTERM the run's process group (it checkpoints, then stops as `interrupted`), or with
+    `now` SIGKILL it and record it interrupted at its last checkpoint."""
+    state = _require_state(run_dir)
+    status = effective_status(state)
+    if status not in ACTIVE:
+        raise RunError([f"{state.run_id} is not running (it is {status}); nothing to stop"])
+    if process_alive(state) is None:
+        raise RunError([f"{state.run_id} runs on {state.host}; stop it there"])
+    assert state.pgid is not None  # process_alive checked the pid
+    (run_dir / STOP_REQUEST_FILE).write_text(now_iso() + "\n")
+    try:
+        os.killpg(state.pgid, signal.SIGKILL if now else signal.SIGTERM)
+    except ProcessLookupError:
+        return  # ended between the check and the signal
+    except PermissionError:
+        raise RunError(
+            [f"{state.run_id}: not allowed to signal process group {state.pgid}"]
+        ) from None
+    if now:
+        wait_until_gone(state, timeout_s=15)
+        began = parse_iso(state.segment_started_at)
+        update_state(
+            run_dir,
+            status="interrupted",
+            exit_code=-signal.SIGKILL,
+            ended_at=now_iso(),
+            stopped_by_user=True,
+            active_s=state.active_s + (time.time() - began if began else 0.0),
+        )
+
+
+def wait_until_gone(state: RunState, timeout_s: float) -> bool:
+    """Wait for the run's process to end; True when it did within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process_alive(state) is False:
+            return True
+        time.sleep(0.1)
+    return process_alive(state) is False
+
+
+def truncate_metrics(path: Path, last_step: int) -> int:
+    """Cut metrics.jsonl after the last record of `last_step` (and any torn line), in place,
+    so each step appears once after a resume. Returns the records dropped."""
+    import json
+
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return 0
+    keep_bytes = 0
+    dropped = 0
+    offset = 0
+    for line in data.splitlines(keepends=True):
+        offset += len(line)
+        try:
+            record = json.loads(line) if line.endswith(b"\n") else None
+        except ValueError:
+            record = None
+        if isinstance(record, dict) and int(record.get("step", 0)) <= last_step and not dropped:
+            keep_bytes = offset
+        elif line.strip():
+            dropped += 1
+    if keep_bytes < len(data):
+        os.truncate(path, keep_bytes)
+    return dropped
+
+
+def resume(run_dir: Path) -> LaunchResult:
+    """Continue an interrupted (or failed) run from its newest complete checkpoint, detached."""
+    from presets.store import PresetError, read_yaml, validate
+
+    state = _require_state(run_dir)
+    status = effective_status(state)
+    if status in ACTIVE:
+        where = f" (pid {state.pid})" if state.pid else ""
+        raise RunError(
+            [f"{state.run_id} is still running{where}; stop it first: tunedeck stop {state.run_id}"]
+        )
+    if status == "completed":
+        raise RunError([f"{state.run_id} has already completed; nothing to resume"])
+    try:
+        preset = validate(read_yaml(run_dir / CONFIG_FILE), str(run_dir / CONFIG_FILE))
+    except PresetError as exc:
+        raise RunError(exc.lines) from None
+    pf = preflight(preset, check_data=True)
+    if pf.problems:
+        raise RunError(pf.problems)
+    warnings = list(pf.warnings)
+    checkpoints_dir = run_dir / CHECKPOINTS_DIR
+    keep = ckpt.latest_complete(checkpoints_dir)
+    for torn in ckpt.discard_after(checkpoints_dir, keep):
+        warnings.append(f"skipped {torn.path.name}: {', '.join(torn.problems) or 'after resume'}")
+    truncate_metrics(run_dir / METRICS_FILE, keep.step if keep else 0)
+    if keep is None:
+        warnings.append("no complete checkpoint: starting from step 0")
+    (run_dir / STOP_REQUEST_FILE).unlink(missing_ok=True)
+    update_state(
+        run_dir,
+        status="running",
+        resumes=state.resumes + 1,
+        step=keep.step if keep else 0,
+        segment_started_at=now_iso(),
+        segment_start_step=keep.step if keep else 0,
+        ended_at=None,
+        exit_code=None,
+        failure_reason=None,
+        pid=None,
+        steps_started_at=None,
+    )
+    try:
+        proc = _spawn(
+            run_dir, training_command(run_dir, preset.launch.num_gpus, _load_dist(run_dir))
+        )
+    except OSError as exc:
+        update_state(run_dir, status="failed", failure_reason=f"cannot start: {exc}")
+        raise RunError([f"run {run_dir}: cannot start ({exc})"]) from None
+    _record_process(run_dir, proc)
+    return LaunchResult(run_dir.name, run_dir, warnings, proc.pid)

@@ -1,0 +1,54 @@
+"""Merging a finished LoRA run's adapter into its base model.
+
+The training stack is imported inside `merge_adapter` only.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from runner.runs import CONFIG_FILE, OUTPUT_DIR, RunError, ensure_private_dir
+
+MERGED_DIR = "merged"
+
+
+def merge_adapter(run_dir: Path, target: Path | None = None) -> Path:
+    """Load the base model, apply the run's adapter from `output/`, merge it into the weights
+    and save the merged model and tokenizer to `target` (default `RUN/merged`)."""
+    from presets import locations
+    from presets.store import PresetError, read_yaml, validate
+
+    try:
+        preset = validate(read_yaml(run_dir / CONFIG_FILE), str(run_dir / CONFIG_FILE))
+    except PresetError as exc:
+        raise RunError(exc.lines) from None
+    adapter_dir = run_dir / OUTPUT_DIR
+    if preset.method == "full":
+        raise RunError([f"{run_dir.name} is a full fine-tune: {adapter_dir} is already a model"])
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise RunError(
+            [f"{adapter_dir}: no adapter yet; merge works on a completed run (see tunedeck runs)"]
+        )
+    base = locations.expand(preset.model)
+    target = target or run_dir / MERGED_DIR
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    try:
+        # The base in 16/32-bit even for QLoRA: merging into 4-bit weights would lose precision.
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+    except (OSError, ValueError) as exc:
+        raise RunError([f"base model {base}: cannot load ({exc})"]) from None
+    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    staging = target.parent / f".{target.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    ensure_private_dir(staging)
+    merged.save_pretrained(staging)
+    AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(staging)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target

@@ -1,0 +1,306 @@
+"""The training process: `python -m runner.train RUN_DIR` (or under torchrun, one per rank).
+
+Reads the run folder's config.yaml, builds the model, adapter and TRL trainer, resumes from the
+newest complete checkpoint if there is one, and reports through the run folder only: rank 0
+writes state.json and metrics.jsonl; every rank's output goes to train.log. On SIGTERM it writes
+a checkpoint at the next step boundary and exits with status `interrupted`.
+
+This module imports the training stack at import time; nothing else in tunedeck imports it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+import yaml
+
+from presets.schema import Preset
+from presets.store import PresetError, validate
+from runner import checkpoints as ckpt
+from runner.redact import redact, secret_values
+from runner.runs import (
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    METRICS_FILE,
+    OUTPUT_DIR,
+    boot_id,
+    now_iso,
+    parse_iso,
+    read_metrics,
+    read_state,
+    update_state,
+)
+
+STOP_REQUEST_FILE = "stop-requested"
+
+
+class TrainingFailure(Exception):
+    """A failure whose one-line reason is already known (bad data, no GPU for QLoRA...)."""
+
+
+# ---------------------------------------------------------------- output redaction
+
+
+class RedactedOutput:
+    """Routes this process's stdout and stderr (file descriptors 1 and 2, so C-level output too)
+    through a pipe, blanks secret values line by line, and writes the rest to train.log.
+    Used only when the environment holds secrets; otherwise output goes to the log directly."""
+
+    def __init__(self, secrets: list[str]):
+        self.secrets = secrets
+        self.sink = os.dup(1)
+        read_fd, write_fd = os.pipe()
+        self._read_fd = read_fd
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(write_fd, 1)
+        os.dup2(write_fd, 2)
+        os.close(write_fd)
+        self._thread = threading.Thread(target=self._pump, name="redact-output", daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        pending = b""
+        while True:
+            chunk = os.read(self._read_fd, 65536)
+            if not chunk:
+                break
+            pending += chunk
+            # Redact whole lines only, so a secret split across reads is still caught.
+            cut = max(pending.rfind(b"\n"), pending.rfind(b"\r"))
+            if cut < 0 and len(pending) < 1 << 20:
+                continue
+            ready, pending = (
+                (pending[: cut + 1], pending[cut + 1 :]) if cut >= 0 else (pending, b"")
+            )
+            self._write(ready)
+        if pending:
+            self._write(pending)
+
+    def _write(self, data: bytes) -> None:
+        text = redact(data.decode("utf-8", errors="replace"), self.secrets)
+        os.write(self.sink, text.encode("utf-8"))
+
+    def close(self) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(self.sink, 1)  # closes the pipe's last writers: the pump sees the end
+        os.dup2(self.sink, 2)
+        self._thread.join(timeout=10)
+
+
+# ---------------------------------------------------------------- the run
+
+
+class Run:
+    """One segment of a run, as seen from inside the training process."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.is_rank0 = self.rank == 0
+        self.secrets = secret_values()
+        self.segment_started_s = time.time()
+
+    def set_state(self, durable: bool = True, **changes: Any) -> None:
+        if self.is_rank0:
+            changes["updated_at"] = now_iso()
+            update_state(self.run_dir, durable=durable, **changes)
+
+    def load_preset(self) -> Preset:
+        path = self.run_dir / CONFIG_FILE
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise TrainingFailure(f"{path}: cannot read the run's config ({exc})") from None
+        try:
+            return validate(data, str(path))
+        except PresetError as exc:
+            raise TrainingFailure("; ".join(exc.lines)) from None
+
+    def record_start(self, resume_step: int, resumed_from: str | None) -> None:
+        pgid = os.getpgid(0)
+        try:
+            leader_created = psutil.Process(pgid).create_time()
+        except psutil.Error:
+            leader_created = None
+        self.set_state(
+            status="running",
+            pid=pgid,
+            pgid=pgid,
+            host=socket.gethostname(),
+            boot_id=boot_id(),
+            pid_create_time=leader_created,
+            segment_started_at=now_iso(),
+            segment_start_step=resume_step,
+            step=resume_step,
+            resumed_from=resumed_from,
+            ended_at=None,
+            exit_code=None,
+            failure_reason=None,
+            steps_started_at=None,
+            stopped_by_user=False,
+        )
+
+    def record_end(self, status: str, exit_code: int, reason: str | None = None, **extra: Any):
+        if not self.is_rank0:
+            return
+        state = read_state(self.run_dir)
+        started = parse_iso(state.segment_started_at) if state else None
+        active_s = (state.active_s if state else 0.0) + (time.time() - started if started else 0.0)
+        self.set_state(
+            status=status,
+            exit_code=exit_code,
+            failure_reason=redact(reason, self.secrets) if reason else None,
+            ended_at=now_iso(),
+            active_s=round(active_s, 3),
+            **extra,
+        )
+
+
+def _tokens_at(run_dir: Path, step: int) -> int:
+    """TRL's token count at `step` in metrics.jsonl (0 when unknown), to continue it on resume."""
+    count = 0
+    for record in read_metrics(run_dir / METRICS_FILE):
+        if record.get("step", 0) <= step and isinstance(record.get("num_tokens"), int):
+            count = record["num_tokens"]
+    return count
+
+
+def _oom(exc: BaseException) -> bool:
+    oom_type = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    return isinstance(exc, oom_type) or "CUDA out of memory" in str(exc)
+
+
+def _planner_fix(preset: Preset) -> str | None:
+    """The planner's cheapest change that makes this run fit, if the planner can tell."""
+    try:
+        from planner import plan, request_from_preset
+    except ImportError:
+        return None
+    from runner.gpu import GpuSource
+
+    source = GpuSource()
+    snap = source.snapshot()
+    source.close()
+    gpu_gib = snap.gpus[0].memory_total_gib if snap.available and snap.gpus else None
+    try:
+        report = plan(request_from_preset(preset, gpu_memory_gib=gpu_gib))
+    except Exception as exc:  # the planner's own refusal must not hide the OOM itself
+        return f"(planner could not suggest a fix: {exc})"
+    for option in report.options:
+        if option.method == preset.method and option.fix:
+            return str(option.fix)
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m runner.train RUN_DIR", file=sys.stderr)
+        return 2
+    run = Run(Path(argv[0]).resolve())
+    output = RedactedOutput(run.secrets) if run.secrets else None
+    try:
+        return _main(run)
+    finally:
+        if output is not None:
+            output.close()
+
+
+def _main(run: Run) -> int:
+    from runner.train_build import BuildFailure, build_trainer
+    from runner.train_callbacks import CheckpointMarker, MetricsWriter, StopOnSignal
+
+    checkpoints_dir = run.run_dir / CHECKPOINTS_DIR
+    resume = ckpt.latest_complete(checkpoints_dir)
+    resume_step = resume.step if resume else 0
+
+    def on_stop(step: int) -> None:
+        run.set_state(status="stopping", step=step)
+
+    stopper = StopOnSignal(on_stop=on_stop)
+    signal.signal(signal.SIGTERM, stopper.handle_signal)
+    signal.signal(signal.SIGINT, stopper.handle_signal)
+    # Own session already; a stray hang-up must not end a run either.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
+        # CPU runs are demos and tests on small models: extra threads gain little there and
+        # cost 10x when the cores are shared (OpenMP threads spin against each other).
+        torch.set_num_threads(1)
+    run.record_start(resume_step, str(resume.path) if resume else None)
+    preset: Preset | None = None
+    try:
+        preset = run.load_preset()
+
+        def on_progress(step: int, max_steps: int | None, extra: dict[str, Any]) -> None:
+            changes: dict[str, Any] = {"step": step, "max_steps": max_steps}
+            if extra.get("steps_started"):
+                changes["steps_started_at"] = now_iso()
+            run.set_state(durable=False, **changes)
+
+        metrics = MetricsWriter(
+            run.run_dir / METRICS_FILE,
+            on_progress=on_progress,
+            secrets=run.secrets,
+            tokens_offset=_tokens_at(run.run_dir, resume_step) if resume else 0,
+        )
+        marker = CheckpointMarker(
+            checkpoints_dir,
+            on_saved=lambda step: run.set_state(durable=False, checkpoint_step=step),
+        )
+        trainer = build_trainer(
+            preset, run.run_dir, callbacks=[stopper, marker, metrics], world_size=run.world_size
+        )
+        trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
+        step = trainer.state.global_step
+        peak = {"peak_gpu_mem_gib": metrics.peak_gpu_mem_gib}
+        if stopper.requested or (run.run_dir / STOP_REQUEST_FILE).exists():
+            if stopper.stopped_at_step is None:
+                # The signal came after the last step: the run is done, save it as such.
+                stopper.requested = False
+            else:
+                by_user = (run.run_dir / STOP_REQUEST_FILE).exists()
+                run.record_end("interrupted", 0, step=step, stopped_by_user=by_user, **peak)
+                print(f"tunedeck: stopped at step {step}; checkpoint-{step} written", flush=True)
+                return 0
+        output_dir = run.run_dir / OUTPUT_DIR
+        trainer.save_model(str(output_dir))
+        if trainer.is_world_process_zero() and trainer.processing_class is not None:
+            trainer.processing_class.save_pretrained(str(output_dir))
+        run.record_end("completed", 0, step=step, **peak)
+        print(f"tunedeck: completed at step {step}; saved to {output_dir}", flush=True)
+        return 0
+    except (TrainingFailure, BuildFailure) as exc:
+        print(f"tunedeck: failed: {exc}", file=sys.stderr, flush=True)
+        run.record_end("failed", 1, str(exc))
+        return 1
+    except BaseException as exc:  # every failure is recorded in the run folder before leaving
+        traceback.print_exc()
+        if isinstance(exc, KeyboardInterrupt):
+            run.record_end("interrupted", 130, "interrupted before a checkpoint could be written")
+            return 130
+        if _oom(exc):
+            fix = _planner_fix(preset) if preset is not None else None
+            reason = "CUDA out of memory" + (f"; fix: {fix}" if fix else "")
+            run.record_end("failed", 1, reason, fix=fix)
+            return 1
+        first = (str(exc).strip().splitlines() or [""])[0]
+        run.record_end("failed", 1, f"{type(exc).__name__}: {first}"[:500])
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Building the TRL trainer of a run from its preset: data, model, adapter, arguments.
+
+Imported only by `runner.train`, in the training process.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+from presets import locations
+from presets.schema import Preset
+from runner.runs import CHECKPOINTS_DIR
+
+# Fewer than two kept checkpoints leaves nothing to fall back to when the newest one is torn.
+MIN_KEPT_CHECKPOINTS = 2
+
+
+class BuildFailure(Exception):
+    """A run that cannot be built as configured; the message says why in one line."""
+
+
+def load_data(preset: Preset) -> tuple[Any, Any]:
+    """The train and eval datasets, converted to what TRL expects."""
+    from runner.data import DataError, load_training_data
+
+    spec = preset.dataset.model_copy(
+        update={
+            "path": locations.expand(preset.dataset.path),
+            "eval_path": locations.expand(preset.dataset.eval_path)
+            if preset.dataset.eval_path
+            else None,
+        }
+    )
+    seed = int(preset.training.get("seed", 42))
+    try:
+        return load_training_data(spec, preset.trainer, seed=seed)
+    except DataError as exc:
+        raise BuildFailure("data: " + "; ".join(exc.lines[:5])) from None
+
+
+def training_arguments(preset: Preset, run_dir: Path, world_size: int) -> Any:
+    """TRL's SFTConfig or DPOConfig from the preset's `training`, with what tunedeck decides:
+    where checkpoints go, CPU/precision when there is no GPU, and at least two kept checkpoints."""
+    from trl import DPOConfig, SFTConfig
+
+    args = dict(preset.training)
+    args.pop("model_init_kwargs", None)  # the model is built here, see build_model
+    args["output_dir"] = str(run_dir / CHECKPOINTS_DIR)
+    args.setdefault("report_to", "none")
+    # A progress bar redrawn with carriage returns makes an unreadable log file; the
+    # per-log dictionaries are printed instead.
+    args.setdefault("disable_tqdm", True)
+    limit = args.get("save_total_limit")
+    if isinstance(limit, int) and 0 < limit < MIN_KEPT_CHECKPOINTS:
+        print(
+            f"tunedeck: save_total_limit {limit} raised to {MIN_KEPT_CHECKPOINTS}, so a torn "
+            "newest checkpoint always has a complete one before it",
+            flush=True,
+        )
+        args["save_total_limit"] = MIN_KEPT_CHECKPOINTS
+    if not torch.cuda.is_available():
+        args["use_cpu"] = True
+        # bf16 autocast on CPU is slow and not what a GPU run would do; train in fp32.
+        for key in ("bf16", "fp16", "tf32"):
+            args.pop(key, None)
+        if world_size > 1:
+            args["ddp_backend"] = "gloo"
+    config_cls = DPOConfig if preset.trainer == "dpo" else SFTConfig
+    return config_cls(**args)
+
+
+def build_model(preset: Preset, model_path: str) -> Any:
+    """The base model: dtype and attention as configured, 4-bit and k-bit preparation for
+    QLoRA."""
+    kwargs: dict[str, Any] = dict(preset.training.get("model_init_kwargs") or {})
+    on_gpu = torch.cuda.is_available()
+    wants_bf16 = bool(preset.training.get("bf16")) and on_gpu
+    wants_fp16 = bool(preset.training.get("fp16")) and on_gpu
+    if "dtype" not in kwargs:
+        if preset.method == "full" or not on_gpu:
+            kwargs["dtype"] = torch.float32  # full FT keeps fp32 master weights under autocast
+        else:
+            kwargs["dtype"] = (
+                torch.bfloat16 if wants_bf16 else torch.float16 if wants_fp16 else "auto"
+            )
+    kwargs.setdefault("attn_implementation", "sdpa")
+    if preset.method == "qlora":
+        if not on_gpu:
+            raise BuildFailure("QLoRA needs a CUDA GPU (bitsandbytes 4-bit); none was found")
+        from transformers import BitsAndBytesConfig
+
+        quant = preset.quantization
+        compute = getattr(torch, quant.compute_dtype)
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=quant.quant_type,
+            bnb_4bit_use_double_quant=quant.double_quant,
+            bnb_4bit_compute_dtype=compute,
+        )
+        kwargs["dtype"] = compute
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+    except (OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise BuildFailure(f"model {model_path}: cannot load ({first})") from None
+    if preset.method == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=bool(preset.training.get("gradient_checkpointing", True)),
+        )
+    return model
+
+
+def lora_config(preset: Preset) -> Any:
+    if preset.method == "full":
+        return None
+    from peft import LoraConfig
+
+    spec = preset.lora
+    return LoraConfig(
+        r=spec.r,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=spec.target_modules,
+        task_type="CAUSAL_LM",
+    )
+
+
+def build_trainer(
+    preset: Preset, run_dir: Path, callbacks: list[TrainerCallback], world_size: int = 1
+) -> Any:
+    """The TRL trainer for the run, with tunedeck's callbacks after transformers' own."""
+    from trl import DPOTrainer, SFTTrainer
+
+    model_path = locations.expand(preset.model)
+    train_data, eval_data = load_data(preset)
+    args = training_arguments(preset, run_dir, world_size)
+    if eval_data is None and args.eval_strategy != "no":
+        print("tunedeck: no eval data; evaluation is turned off", flush=True)
+        args.eval_strategy = "no"
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = build_model(preset, model_path)
+    common: dict[str, Any] = {
+        "model": model,
+        "args": args,
+        "train_dataset": train_data,
+        "eval_dataset": eval_data,
+        "processing_class": tokenizer,
+        "peft_config": lora_config(preset),
+        "callbacks": callbacks,
+    }
+    with warnings.catch_warnings():
+        # Harmless on CPU ("pin_memory ... no accelerator"): keep the log readable.
+        warnings.filterwarnings("ignore", message=".*pin_memory.*")
+        if preset.trainer == "dpo":
+            return DPOTrainer(ref_model=None, **common)
+        return SFTTrainer(**common)

@@ -1,0 +1,217 @@
+"""Trainer callbacks of the training process: metrics, heartbeats, stop-on-signal and torn
+checkpoint markers. Imported only by `runner.train`, in the training process."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from runner.checkpoints import INCOMPLETE_MARKER
+from runner.redact import redact
+
+GIB = 1024**3
+# The state's step is rewritten at most this often (a viewer needs no more).
+HEARTBEAT_S = 1.0
+# Keys of the trainer's end-of-training summary; kept out of the per-step metrics.
+SUMMARY_KEYS = ("train_runtime", "train_samples_per_second", "train_steps_per_second")
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class StopOnSignal(TrainerCallback):
+    """After SIGTERM (or SIGINT), checkpoint at the next step boundary and stop.
+
+    The signal handler only sets `requested`; the decision is taken in `on_step_end`, after the
+    optimizer step, so the checkpoint holds a consistent step. Ranks agree through an all-reduce
+    (any rank that saw the signal stops them all), otherwise one rank would leave the collective
+    ops of the others hanging. transformers' own `enable_jit_checkpoint` waits and then saves in
+    a way that did not resume exactly; a regular save at a step boundary does.
+    """
+
+    def __init__(self, on_stop: Callable[[int], None] | None = None):
+        self.requested = False
+        self.stopped_at_step: int | None = None
+        self._on_stop = on_stop
+
+    def handle_signal(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def _agreed(self) -> bool:
+        if not _distributed():
+            return self.requested
+        flag = torch.tensor([1 if self.requested else 0], dtype=torch.int32)
+        if dist.get_backend() == "nccl":
+            flag = flag.cuda()
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def on_step_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        **kwargs: Any,
+    ) -> TrainerControl:
+        if self.stopped_at_step is None and self._agreed():
+            self.requested = True
+            self.stopped_at_step = state.global_step
+            control.should_save = True
+            control.should_training_stop = True
+            if self._on_stop is not None and state.is_world_process_zero:
+                self._on_stop(state.global_step)
+        return control
+
+
+class CheckpointMarker(TrainerCallback):
+    """Marks a checkpoint folder incomplete before the trainer writes it and clears the mark
+    once every rank has finished, so a hard kill mid-save leaves a folder resume will skip.
+
+    Must come after transformers' flow callback and `StopOnSignal`, which decide `should_save`.
+    """
+
+    def __init__(self, checkpoints_dir: Path, on_saved: Callable[[int], None] | None = None):
+        self.checkpoints_dir = checkpoints_dir
+        self._on_saved = on_saved
+
+    def _mark(self, state: TrainerState, control: TrainerControl) -> None:
+        if control.should_save and state.is_world_process_zero:
+            folder = self.checkpoints_dir / f"checkpoint-{state.global_step}"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / INCOMPLETE_MARKER).write_text("checkpoint being written\n")
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        self._mark(state, control)
+
+    def on_epoch_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        self._mark(state, control)
+
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        if _distributed():
+            dist.barrier()  # every rank has written its RNG state and shards
+        if state.is_world_process_zero:
+            folder = self.checkpoints_dir / f"checkpoint-{state.global_step}"
+            _fsync_tree(folder)
+            (folder / INCOMPLETE_MARKER).unlink(missing_ok=True)
+            if self._on_saved is not None:
+                self._on_saved(state.global_step)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush a finished checkpoint to disk, so a power cut cannot tear what we called complete."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+class MetricsWriter(TrainerCallback):
+    """Appends one JSON line per trainer log event to metrics.jsonl (rank 0 only) and beats the
+    heartbeat in state.json.
+
+    TRL's `num_tokens` restarts from zero in a resumed process; `tokens_offset` (the count at the
+    resumed checkpoint) makes it continue instead.
+    """
+
+    def __init__(
+        self,
+        metrics_path: Path,
+        on_progress: Callable[[int, int | None, dict[str, Any]], None],
+        secrets: list[str],
+        tokens_offset: int = 0,
+    ):
+        self.metrics_path = metrics_path
+        self._on_progress = on_progress
+        self._secrets = secrets
+        self.tokens_offset = tokens_offset
+        self._fh: Any = None
+        self._last_beat_s = 0.0
+        self._last_tokens: tuple[float, int] | None = None
+        self.peak_gpu_mem_gib: float | None = None
+        self.last_record: dict[str, Any] = {}
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        if state.is_world_process_zero:
+            self._fh = self.metrics_path.open("a", encoding="utf-8")
+            self._last_tokens = (time.time(), self.tokens_offset)
+            self._on_progress(state.global_step, state.max_steps, {"steps_started": True})
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        if not state.is_world_process_zero:
+            return
+        now_s = time.time()
+        if now_s - self._last_beat_s >= HEARTBEAT_S or state.global_step >= state.max_steps:
+            self._last_beat_s = now_s
+            self._on_progress(state.global_step, state.max_steps, {})
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, Any] | None = None,
+        **kw: Any,
+    ) -> None:
+        if not state.is_world_process_zero or not logs or self._fh is None:
+            return
+        if any(key in logs for key in SUMMARY_KEYS):
+            return
+        now_s = time.time()
+        record: dict[str, Any] = {"step": state.global_step}
+        for key, value in logs.items():
+            if isinstance(value, bool) or value is None:
+                continue
+            if isinstance(value, (int, float)):
+                record[key] = value if math.isfinite(value) else str(value)
+            elif isinstance(value, str):
+                record[key] = redact(value, self._secrets)
+        if "num_tokens" in record and isinstance(record["num_tokens"], (int, float)):
+            record["num_tokens"] = int(record["num_tokens"]) + self.tokens_offset
+            if self._last_tokens is not None and "loss" in record:
+                then_s, then_tokens = self._last_tokens
+                if now_s > then_s and record["num_tokens"] >= then_tokens:
+                    record["tokens_per_s"] = (record["num_tokens"] - then_tokens) / (now_s - then_s)
+                self._last_tokens = (now_s, record["num_tokens"])
+        if torch.cuda.is_available():
+            peak = torch.cuda.max_memory_allocated() / GIB
+            self.peak_gpu_mem_gib = max(self.peak_gpu_mem_gib or 0.0, peak)
+            record["peak_gpu_mem_gib"] = round(self.peak_gpu_mem_gib, 3)
+            record["peak_gpu_reserved_gib"] = round(torch.cuda.max_memory_reserved() / GIB, 3)
+        record["wall_time"] = round(now_s, 3)
+        # One write of one whole line: a hard kill can tear only the last line, which
+        # readers skip and the resume truncates.
+        self._fh.write(json.dumps(record) + "\n")
+        self._fh.flush()
+        self.last_record = record
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        if state.is_world_process_zero:
+            self._on_progress(state.global_step, state.max_steps, {})
