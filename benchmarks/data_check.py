@@ -4,7 +4,7 @@ Makes (or reuses) a chat JSONL of `--rows` rows of about 1 KB each (a million ro
 then checks it in a child process and prints the wall time and the child's peak RSS. Run by hand:
 
     .venv/bin/python benchmarks/data_check.py --rows 1000000
-    .venv/bin/python benchmarks/data_check.py --rows 100000 --model PATH_TO_LOCAL_MODEL
+    .venv/bin/python benchmarks/data_check.py --rows 100000 --tiny-tokenizer
 """
 
 from __future__ import annotations
@@ -21,11 +21,46 @@ from pathlib import Path
 import orjson
 
 WORK = Path(__file__).resolve().parent / "_work"
-WORDS = (
-    "the a model data train answer question learning rate token batch gradient memory GPU "
-    "adapter rank loss epoch step warmup schedule checkpoint resume signal python file line "
-    "format chat system user assistant prompt completion chosen rejected preference value"
-).split()
+WORDS = [
+    "the",
+    "a",
+    "model",
+    "data",
+    "train",
+    "answer",
+    "question",
+    "learning",
+    "rate",
+    "token",
+    "batch",
+    "gradient",
+    "memory",
+    "GPU",
+    "adapter",
+    "rank",
+    "loss",
+    "epoch",
+    "step",
+    "warmup",
+    "schedule",
+    "checkpoint",
+    "resume",
+    "signal",
+    "python",
+    "file",
+    "line",
+    "format",
+    "chat",
+    "system",
+    "user",
+    "assistant",
+    "prompt",
+    "completion",
+    "chosen",
+    "rejected",
+    "preference",
+    "value",
+]
 
 
 def make_file(path: Path, rows: int, seed: int = 0) -> None:
@@ -43,13 +78,41 @@ def make_file(path: Path, rows: int, seed: int = 0) -> None:
             turns = [{"role": "system", "content": "You are a concise assistant."}]
             for _ in range(rng.choice((1, 1, 2))):
                 question = " ".join(rng.choices(words, k=rng.randint(15, 40)))
-                answer = " ".join(rng.choices(words, k=rng.randint(60, 110)))
+                answer = " ".join(rng.choices(words, k=rng.randint(50, 90)))
                 if i % 997 == 0:
                     answer += f" mail me at user{i}@example.com"
                 turns.append({"role": "user", "content": f"{question} #{i}?"})
                 turns.append({"role": "assistant", "content": f"{answer} ({i})."})
             previous = orjson.dumps({"messages": turns}) + b"\n"
             fh.write(previous)
+
+
+def make_tokenizer(folder: Path, sample: Path, vocab_size: int = 8000) -> str:
+    """A byte-level BPE trained on the first rows of the file, with a chat template: a stand-in
+    for a real model's fast tokenizer (no download here)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if (folder / "tokenizer.json").exists():
+        return str(folder)
+    with sample.open("rb") as fh:
+        texts = [fh.readline().decode() for _ in range(5000)]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(texts, trainer)
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+    wrapped.chat_template = (
+        "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
+    )
+    wrapped.save_pretrained(folder)
+    return str(folder)
 
 
 def run_check(path: Path, model: str | None) -> tuple[float, float, str]:
@@ -80,6 +143,11 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--file", type=Path, default=None, help="reuse or create this file")
     parser.add_argument("--model", default=None, help="local model folder for token lengths")
+    parser.add_argument(
+        "--tiny-tokenizer",
+        action="store_true",
+        help="train an 8k-vocab BPE tokenizer on the file and count tokens with it",
+    )
     parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args()
     path = args.file or WORK / f"chat-{args.rows}.jsonl"
@@ -87,6 +155,8 @@ def main() -> None:
         started = time.perf_counter()
         make_file(path, args.rows)
         print(f"made {path} in {time.perf_counter() - started:.1f} s")
+    if args.tiny_tokenizer:
+        args.model = make_tokenizer(WORK / "tokenizer-8k", path)
     size_mb = path.stat().st_size / 1e6
     times = []
     peak_mib = 0.0

@@ -31,6 +31,25 @@ def load_tokenizer(model: str) -> tuple[Any | None, str | None]:
     return tokenizer, None
 
 
+def _compiled_template(tokenizer: Any) -> Any:
+    """The tokenizer's chat template compiled once, as `apply_chat_template` renders it (half
+    the time per row); None when this transformers version does not offer it."""
+    try:
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+    except ImportError:
+        return None
+    try:
+        template = _compile_jinja_template(tokenizer.chat_template)
+    except Exception:  # a template transformers itself would reject: keep the public path
+        return None
+    variables = dict(getattr(tokenizer, "special_tokens_map", {}))
+
+    def render(conversation: list[dict[str, str]]) -> str:
+        return str(template.render(messages=conversation, add_generation_prompt=False, **variables))
+
+    return render
+
+
 class TokenCounter:
     """Collects rows and tokenises them a batch at a time."""
 
@@ -42,13 +61,26 @@ class TokenCounter:
         self.note: str | None = None
         if not self.template:
             self.note = "the tokenizer has no chat template: conversations counted as plain text"
+        self._compiled: Any = None
+        self._verify = _compiled_template(tokenizer) if self.template else None
+        # Rendered chat templates carry their own special tokens; plain text gets the
+        # tokenizer's (as TRL tokenises them).
+        self._add_special: bool | None = None
         self._texts: list[str] = []
         self._per_row: list[int] = []  # texts per row: 2 for preference pairs (the longer counts)
 
     def _render(self, conversation: list[dict[str, str]]) -> str:
         if self.template:
             try:
-                return str(self.tokenizer.apply_chat_template(conversation, tokenize=False))
+                if self._compiled is not None:
+                    return str(self._compiled(conversation))
+                text = str(self.tokenizer.apply_chat_template(conversation, tokenize=False))
+                if self._compiled is None and self._verify is not None:
+                    # Use the fast path only if it renders the first row exactly as the public one.
+                    fast, self._verify = self._verify, None
+                    if fast(conversation) == text:
+                        self._compiled = fast
+                return text
             except Exception as exc:  # a template may reject a role order; count plain text
                 self.template = False
                 self.note = f"the chat template failed ({exc}); conversations counted as plain text"
@@ -61,6 +93,8 @@ class TokenCounter:
 
     def add(self, example: Example) -> None:
         row = example.row
+        if self._add_special is None:
+            self._add_special = not (example.conversational and self.template)
         if "messages" in row:
             texts = [self._render(row["messages"])]
         elif "text" in row:
@@ -78,13 +112,21 @@ class TokenCounter:
     def flush(self) -> None:
         if not self._texts:
             return
-        encoded = self.tokenizer(
-            self._texts,
-            add_special_tokens=not self.template,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )["input_ids"]
-        sizes = [len(ids) for ids in encoded]
+        special = bool(self._add_special)
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None and hasattr(backend, "encode_batch_fast"):
+            # The Rust tokenizer without offsets: about a third faster than the full call.
+            sizes = [
+                len(e) for e in backend.encode_batch_fast(self._texts, add_special_tokens=special)
+            ]
+        else:
+            encoded = self.tokenizer(
+                self._texts,
+                add_special_tokens=special,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+            )["input_ids"]
+            sizes = [len(ids) for ids in encoded]
         at = 0
         for count in self._per_row:
             self.lengths.add(max(sizes[at : at + count]))
