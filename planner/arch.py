@@ -66,6 +66,9 @@ class ModelSpec:
     router_params_per_layer: int = 0
     """The router (`mlp.gate`): a plain weight, not an `nn.Linear`, in current transformers."""
     expert_params_per_layer: int = 0
+    all_linear_extra_per_rank: int = 0
+    """Adapter parameters per unit of rank, per layer, that PEFT's `all-linear` adds beyond
+    the `nn.Linear` modules: for Mixtral, the router and the stacked 3-D expert weights."""
 
     # ----------------------------------------------------------------- parameter counts
     @property
@@ -188,6 +191,8 @@ def lora_modules(spec: ModelSpec, targets: tuple[str, ...]) -> tuple[Linear, ...
 def lora_params(spec: ModelSpec, targets: tuple[str, ...], rank: int) -> int:
     """Trainable parameters of a LoRA adapter: r x (in + out) per wrapped linear."""
     per_layer = sum(rank * (m.in_features + m.out_features) for m in lora_modules(spec, targets))
+    if "all-linear" in targets:
+        per_layer += rank * spec.all_linear_extra_per_rank
     return per_layer * spec.num_layers
 
 
@@ -311,6 +316,14 @@ def spec_from_config(cfg: dict[str, Any], name: str, where: str | None = None) -
                 router_params_per_layer=experts * h,
                 expert_params_per_layer=experts * 3 * h * expert_inter,
             )
+            if model_type == "mixtral":
+                # router: r x (h + E); fused gate_up: 2E rank-r factors of (h + 2i), as PEFT
+                # splits the fused weight in two; down: E factors of (i + h)
+                extra["all_linear_extra_per_rank"] = (
+                    (h + experts)
+                    + 2 * experts * (h + 2 * expert_inter)
+                    + experts * (expert_inter + h)
+                )
         else:
             mlp = (
                 Linear("gate_proj", ("gate",), h, inter, mlp_bias, "mlp"),
@@ -501,7 +514,9 @@ def _spec_cached(model: str, mtime_ns: int) -> ModelSpec:
 
 
 def load_model(model: str) -> ModelSpec:
-    """A model by hub id (catalogue, then the local HF cache), local folder or config.json."""
+    """A model by hub id (catalogue, then the local Hugging Face cache), local folder or
+    config.json. Nothing is downloaded: on a box without the model, the catalogue or a
+    copied config.json answers."""
     model = model.strip()
     if not model:
         raise PlanError(["model: empty; give a hub id, a local model folder or a config.json"])
@@ -531,32 +546,12 @@ def _resolve(model: str) -> ModelSpec:
     cached = _hub_cache_config(model)
     if cached is not None:
         return spec_from_config(_read_config(cached), model, str(cached))
-    downloaded = _download_config(model)
-    if downloaded is not None:
-        return spec_from_config(_read_config(downloaded), model, str(downloaded))
     hint = "; ".join(k for k in catalogue() if model.lower().split("/")[-1][:4] in k.lower())
     raise PlanError(
         [
             f"model {model!r}: not a local folder or config.json, not in the built-in "
             "catalogue and not in the Hugging Face cache"
             + (f" (close: {hint})" if hint else "")
-            + "; `tunedeck plan --list-models` lists the catalogue"
+            + "; give a local model folder or its config.json"
         ]
     )
-
-
-def _download_config(model: str) -> Path | None:
-    """Only config.json, only where the hub is reachable and not switched off."""
-    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or "/" not in model:
-        return None
-    if model.startswith((".", "/", "~")):
-        return None
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError:
-        return None
-    try:
-        return Path(hf_hub_download(model, "config.json", etag_timeout=3))
-    except (OSError, ValueError) as exc:  # network, gated repo, no such repo
-        del exc
-        return None

@@ -391,41 +391,52 @@ def _find_fix(
 
 
 def _renting(spec: ModelSpec, r: PlanRequest, targets: tuple[str, ...]) -> list[RentOption]:
+    """Per method, the catalogue GPU and count it fits on for the least money (or the least
+    per hour when the data size is unknown). Memory depends on the count, not the card, so
+    it is estimated once per count."""
     out: list[RentOption] = []
+    tokens = total_tokens(r)
     for method in r.methods:
+        peaks: dict[int, float] = {}
+        for count in GPU_COUNTS:
+            trial = replace(r, num_gpus=count, strategy="fsdp" if count > 1 else "ddp")
+            mem = estimate_memory(spec, _settings(trial, method, targets))
+            peaks[count] = mem.device_peak_bytes / GIB
         best: RentOption | None = None
+        best_key = math.inf
         for gpu in gpu_catalogue():
             if gpu.price_usd_per_h is None:
                 continue
-            for count in GPU_COUNTS:
-                trial = replace(
-                    r,
-                    num_gpus=count,
-                    strategy="fsdp" if count > 1 else "ddp",
-                    price_usd_per_h=None,
-                )
-                if _fits(spec, trial, method, gpu, targets) is None:
-                    continue
-                plan, _ = _one(spec, trial, method, gpu, targets)
-                option = RentOption(
+            count = next(
+                (c for c in GPU_COUNTS if peaks[c] <= gpu.memory_gib * (1 - HEADROOM)), None
+            )
+            if count is None:
+                continue
+            speed = estimate_speed(
+                spec,
+                method,
+                _tokens_per_seq(r),
+                r.grad_ckpt,
+                r.trainer,
+                gpu.tflops,
+                count,
+                "fsdp" if count > 1 else "ddp",
+                r.micro_batch,
+            )
+            hours = None if tokens is None else tokens / speed.tokens_per_s / 3600
+            cost = None if hours is None else hours * gpu.price_usd_per_h * count
+            key = cost if cost is not None else gpu.price_usd_per_h * count
+            if key < best_key:
+                best_key = key
+                best = RentOption(
                     method=method,
                     gpu=gpu.name,
                     count=count,
-                    device_peak_gib=plan.device_peak_gib,
+                    device_peak_gib=peaks[count],
                     price_usd_per_h=gpu.price_usd_per_h,
-                    hours=plan.hours,
-                    cost_usd=plan.cost_usd,
+                    hours=hours,
+                    cost_usd=cost,
                 )
-                key = (
-                    option.cost_usd if option.cost_usd is not None else gpu.price_usd_per_h * count
-                )
-                if best is None or key < (
-                    best.cost_usd
-                    if best.cost_usd is not None
-                    else best.price_usd_per_h * best.count
-                ):
-                    best = option
-                break  # more of the same GPU only costs more
         if best is not None:
             out.append(best)
     return out

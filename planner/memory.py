@@ -244,6 +244,8 @@ def estimate_memory(spec: ModelSpec, s: MemorySettings) -> MemoryEstimate:
     else:
         trainable_modules = lora_modules(spec, s.lora_targets)
         trainable = sum(s.lora_r * (m.in_features + m.out_features) for m in trainable_modules)
+        if "all-linear" in s.lora_targets:
+            trainable += s.lora_r * spec.all_linear_extra_per_rank
         trainable *= spec.num_layers
         base_w = _weight_bytes(s.precision)
         if s.method == "qlora":
