@@ -10,8 +10,8 @@ then checks it in a child process and prints the wall time and the child's peak 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import orjson
+import psutil
 
 WORK = Path(__file__).resolve().parent / "_work"
 WORDS = [
@@ -115,27 +116,39 @@ def make_tokenizer(folder: Path, sample: Path, vocab_size: int = 8000) -> str:
     return str(folder)
 
 
-def run_check(path: Path, model: str | None) -> tuple[float, float, str]:
-    """Check in a fresh process; return wall seconds, peak RSS in MiB and the summary line."""
+def _tree_rss_bytes(process: psutil.Process) -> int:
+    total = 0
+    for proc in [process, *process.children(recursive=True)]:
+        # A worker may exit between listing and reading.
+        with contextlib.suppress(psutil.Error):
+            total += proc.memory_info().rss
+    return total
+
+
+def run_check(path: Path, model: str | None, parallel: bool) -> tuple[float, float, str]:
+    """Check in a fresh process; return wall seconds, the peak of the summed RSS of that process
+    and its workers (sampled every 50 ms) in MiB, and the summary lines."""
     code = (
         "import sys\n"
         "from runner.data import check_dataset\n"
-        "r = check_dataset(sys.argv[1], model=sys.argv[2] or None)\n"
+        "r = check_dataset(sys.argv[1], model=sys.argv[2] or None, parallel=sys.argv[3] == '1')\n"
         "print(r.summary_lines()[0]); print('\\n'.join(r.summary_lines()[1:4]))\n"
     )
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-c", code, str(path), model or ""],
-        capture_output=True,
+    process = psutil.Popen(
+        [sys.executable, "-c", code, str(path), model or "", "1" if parallel else "0"],
+        stdout=subprocess.PIPE,
         text=True,
-        check=True,
     )
+    peak_bytes = 0
+    while process.poll() is None:
+        peak_bytes = max(peak_bytes, _tree_rss_bytes(process))
+        time.sleep(0.05)
     wall_s = time.perf_counter() - started
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if peak_kib <= before:
-        print("note: peak RSS not above an earlier child's; run one repeat per process")
-    return wall_s, peak_kib / 1024, done.stdout.strip()
+    out = process.stdout.read() if process.stdout else ""
+    if process.returncode != 0:
+        raise SystemExit(f"check failed with exit code {process.returncode}")
+    return wall_s, peak_bytes / 2**20, out.strip()
 
 
 def main() -> None:
@@ -149,6 +162,9 @@ def main() -> None:
         help="train an 8k-vocab BPE tokenizer on the file and count tokens with it",
     )
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument(
+        "--single", action="store_true", help="check in one process (no worker processes)"
+    )
     args = parser.parse_args()
     path = args.file or WORK / f"chat-{args.rows}.jsonl"
     if not path.exists():
@@ -161,14 +177,15 @@ def main() -> None:
     times = []
     peak_mib = 0.0
     for _ in range(args.repeat):
-        wall_s, peak, summary = run_check(path, args.model)
+        wall_s, peak, summary = run_check(path, args.model, parallel=not args.single)
         times.append(wall_s)
         peak_mib = max(peak_mib, peak)
         print(summary)
     median_s = statistics.median(times)
     print(
         f"rows {args.rows:,}  file {size_mb:,.0f} MB  check median {median_s:.1f} s over "
-        f"{len(times)} run(s) ({size_mb / median_s:.0f} MB/s)  peak RSS {peak_mib:.0f} MiB"
+        f"{len(times)} run(s) ({size_mb / median_s:.0f} MB/s)  peak RSS {peak_mib:.0f} MiB "
+        f"(all processes)  {'single process' if args.single else 'parallel'}"
     )
 
 

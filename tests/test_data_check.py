@@ -282,3 +282,37 @@ def test_cli_exit_codes_and_json(tmp_path: Path) -> None:
         result = runner.invoke(app, ["data", "check", *args])
         assert result.exit_code == 2, (args, result.output)
         assert "error:" in result.output and "Traceback" not in result.output
+
+
+def test_parallel_check_matches_single_process(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import runner.data.parallel as parallel
+
+    rows: list[object] = unique_rows(3000)
+    rows[5] = chat("Mail me at someone@example.com", "ok")
+    rows[2999] = chat("Call +44 20 7946 0958", "ok")
+    for i in range(1000, 3000, 400):
+        rows[i] = rows[i - 900]  # duplicates that cross chunk boundaries
+    rows[1500] = chat(rows[20]["messages"][0]["content"], "another answer")  # type: ignore[index]
+    lines = [json.dumps(r) for r in rows]
+    lines[700] = "{broken"
+    lines[2500] = json.dumps({"messages": [{"role": "robot", "content": "x"}]})
+    path = tmp_path / "big.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    # Small thresholds so a small file is split over the workers.
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_BYTES", 1)
+    monkeypatch.setattr(parallel, "MIN_CHUNK_BYTES", path.stat().st_size // 4)
+    chunks = parallel.plan_chunks([path], 4)
+    assert len(chunks) == 4 and chunks[0].first_line == 1
+    with path.open("rb") as fh:
+        data = fh.read()
+    for chunk in chunks:  # each chunk starts at a line start, numbered correctly
+        assert chunk.start == 0 or data[chunk.start - 1 : chunk.start] == b"\n"
+        assert data[: chunk.start].count(b"\n") + 1 == chunk.first_line
+
+    single = check_dataset(str(path), parallel=False).to_json()
+    split = check_dataset(str(path)).to_json()
+    single.pop("elapsed_s")
+    split.pop("elapsed_s")
+    assert split == single
+    assert single["stats"]["duplicates"]["exact"] == 5
+    assert single["bad_rows"] == 2 and single["rows"] == 2998

@@ -10,7 +10,6 @@ The pass streams: memory grows by under 50 bytes a row, whatever the rows hold.
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +17,10 @@ from typing import Any
 
 import orjson
 
+from runner.data.accumulate import Accumulator, Examples, exact_hash
 from runner.data.errors import ProblemLog
 from runner.data.formats import FORMATS, Example
+from runner.data.parallel import check_in_parallel, worker_count
 from runner.data.scan import (
     LocalSource,
     RowScanner,
@@ -28,8 +29,8 @@ from runner.data.scan import (
     looks_like_hub_id,
     prepare_hub_access,
 )
-from runner.data.stats import EXAMPLES, Labels, Lengths, Loc, PersonalData, RowHashes, normalise
-from runner.data.tokens import TokenCounter, load_tokenizer
+from runner.data.stats import Labels, Lengths, Loc, PersonalData, RowHashes
+from runner.data.tokens import load_tokenizer
 
 # Rows below which a method rarely learns anything useful; guides agree on "a few hundred".
 MIN_ROWS = {"sft": 100, "dpo": 300}
@@ -108,10 +109,12 @@ def check_dataset(
     *,
     eval_path: str | None = None,
     eval_fraction: float | None = None,
+    parallel: bool = True,
 ) -> CheckReport:
     """Check the file, folder or hub dataset at `path` for `trainer`. Never raises for bad data:
     every problem is in the report. `model` (a local folder or a cached hub id) enables token
-    lengths; `eval_path`/`eval_fraction` (from the preset) say whether eval data is planned."""
+    lengths; `eval_path`/`eval_fraction` (from the preset) say whether eval data is planned.
+    Large JSON Lines data is checked on several processes unless `parallel` is False."""
     started = time.monotonic()
     report = CheckReport(path=path, trainer=trainer, format=fmt)
     usage = _usage_problem(trainer, fmt, max_length)
@@ -125,6 +128,7 @@ def check_dataset(
     else:
         report.notes.append("token lengths skipped: no model given (--model)")
     scanner = RowScanner(fmt, trainer, ProblemLog(keep=20))
+    accumulator = Accumulator(tokenizer)
     has_eval = bool(eval_path or eval_fraction)
     eval_exact: set[int] = set()
     if Path(path).exists() or not looks_like_hub_id(path):
@@ -138,7 +142,8 @@ def check_dataset(
         def label(loc: Loc) -> str:
             return source.label(files[loc[0]], loc[1])
 
-        items = _local_items(scanner, source, files)
+        workers = worker_count(files) if tokenizer is None and parallel else 0
+        _check_local(scanner, accumulator, source, files, workers)
         if source.eval_files:
             has_eval = True
             eval_exact = _eval_hashes(source, source.eval_files, fmt, trainer, report)
@@ -150,11 +155,13 @@ def check_dataset(
         def label(loc: Loc) -> str:
             return f"{path} row {loc[1]}"
 
-        items = _hub_items(scanner, hub, path)
+        for loc, example in _hub_items(scanner, hub, path):
+            accumulator.add(loc, example, None)
     if eval_path and Path(eval_path).exists():
         held_out = local_source(eval_path, split_eval=False)
         eval_exact |= _eval_hashes(held_out, held_out.train_files, fmt, trainer, report)
-    hashes = _run_checks(report, scanner, items, label, tokenizer, max_length)
+    report.rows, report.bad_rows = scanner.rows, scanner.bad_rows
+    _report_checks(report, accumulator, label, max_length)
     report.errors = scanner.problems.lines() + report.errors
     report.format = scanner.format or fmt
     report.files = scanner.files
@@ -163,9 +170,42 @@ def check_dataset(
     elif scanner.rows == 0:
         report.errors.append("no usable rows")
     if scanner.rows:
-        _dataset_warnings(report, scanner.rows, trainer, has_eval, eval_exact, hashes)
+        _dataset_warnings(report, scanner.rows, trainer, has_eval, eval_exact, accumulator.hashes)
     report.elapsed_s = time.monotonic() - started
     return report
+
+
+def _check_local(
+    scanner: RowScanner,
+    accumulator: Accumulator,
+    source: LocalSource,
+    files: list[Path],
+    workers: int,
+) -> None:
+    """Feed every row of `files` to `accumulator`: here, or split over `workers` processes once
+    the first usable row has settled the format and shape."""
+    index = {p: i for i, p in enumerate(files)}
+    if workers:
+        probe = RowScanner(
+            "auto" if not scanner.forced else scanner.format or "auto",
+            scanner.trainer,
+            ProblemLog(keep=0),
+        )
+        if next(probe.scan(source, files), None) is not None:
+            if probe.trainer_problem and not scanner.trainer_problem:
+                scanner.problems.add("not a preference pair", probe.trainer_problem)
+            results = check_in_parallel(source, files, probe, workers)
+            for result in results:
+                accumulator.merge(result.accumulator)
+                scanner.problems.merge(result.problems)
+                scanner.rows += result.rows
+                scanner.bad_rows += result.bad_rows
+            scanner.format, scanner.shape = probe.format, probe.shape
+            scanner.files = len(files)
+            accumulator.peak_rss_bytes = sum(r.peak_rss_bytes for r in results)
+            return
+    for path, number, example, raw in scanner.scan(source, files):
+        accumulator.add((index[path], number), example, raw)
 
 
 def _usage_problem(trainer: str, fmt: str, max_length: int | None) -> str | None:
@@ -185,14 +225,6 @@ def _unusable(report: CheckReport, message: str, started: float) -> CheckReport:
     return report
 
 
-def _local_items(
-    scanner: RowScanner, source: LocalSource, files: list[Path]
-) -> Iterator[tuple[Loc, Example, bytes | None]]:
-    index = {p: i for i, p in enumerate(files)}
-    for path, number, example, raw in scanner.scan(source, files):
-        yield (index[path], number), example, raw
-
-
 def _hub_rows(name: str) -> Any:
     """The training split of a hub dataset, streamed; or a message saying why it cannot be read."""
     prepare_hub_access()
@@ -207,14 +239,12 @@ def _hub_rows(name: str) -> Any:
         return f"{name}: no such file or folder, and not readable as a hub dataset ({reason[:200]})"
 
 
-def _hub_items(
-    scanner: RowScanner, rows: Any, name: str
-) -> Iterator[tuple[Loc, Example, bytes | None]]:
+def _hub_items(scanner: RowScanner, rows: Any, name: str) -> Iterator[tuple[Loc, Example]]:
     scanner.files = 1
     for number, row in enumerate(rows, 1):
         example = scanner.convert(row, lambda n=number: f"{name} row {n}")
         if example is not None:
-            yield (0, number), example, None
+            yield (0, number), example
 
 
 def _eval_hashes(
@@ -222,100 +252,38 @@ def _eval_hashes(
 ) -> set[int]:
     """Validate the eval files too; keep their row hashes to spot eval rows seen in training."""
     scanner = RowScanner(fmt, trainer, ProblemLog(keep=10))
-    hashes = {hash(orjson.dumps(ex.row)) for _, _, ex, _ in scanner.scan(source, files)}
+    hashes = {exact_hash(orjson.dumps(ex.row)) for _, _, ex, _ in scanner.scan(source, files)}
     report.errors += [f"eval data: {line}" for line in scanner.problems.lines()]
     report.stats["eval_rows"] = scanner.rows
     return hashes
 
 
-class _Examples:
-    """A count with the first few locations (and details)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.first: list[tuple[Loc, str]] = []
-
-    def add(self, loc: Loc, detail: str = "") -> None:
-        self.count += 1
-        if len(self.first) < EXAMPLES:
-            self.first.append((loc, detail))
-
-
-def _run_checks(
+def _report_checks(
     report: CheckReport,
-    scanner: RowScanner,
-    items: Iterator[tuple[Loc, Example, bytes | None]],
+    acc: Accumulator,
     label: Callable[[Loc], str],
-    tokenizer: Any,
     max_length: int | None,
-) -> RowHashes:
-    hashes = RowHashes()
-    chars = Lengths()
-    pii = PersonalData()
-    labels = Labels()
-    turns: Counter[int] = Counter()
-    empty, roles, same_pair = _Examples(), _Examples(), _Examples()
-    counter = TokenCounter(tokenizer) if tokenizer is not None else None
-    dumps = orjson.dumps
-    for loc, example, raw in items:
-        answer = example.answer
-        if not answer or answer.isspace():
-            empty.add(loc)
-        if example.role_issue:
-            roles.add(loc, example.role_issue)
-        if example.rejected is not None and example.rejected == answer:
-            same_pair.add(loc)
-        turns[example.turns] += 1
-        chars.add(len(example.prompt) + len(answer))
-        labels.add(answer)
-        encoded = dumps(example.row)
-        prompt = normalise(example.prompt)
-        normal_answer = normalise(answer)
-        hashes.add(
-            loc,
-            hash(encoded),
-            hash((prompt, normal_answer, example.rejected and normalise(example.rejected))),
-            hash(prompt) if prompt else 0,
-            hash(normal_answer),
-        )
-        pii.scan(raw if raw is not None else encoded, loc)
-        if counter is not None:
-            counter.add(example)
-    rows = scanner.rows
-    stats = report.stats
-    report.rows, report.bad_rows = rows, scanner.bad_rows
+) -> None:
+    rows = report.rows
     if not rows:
-        return hashes
-    stats["chars"] = chars.summary()
-    stats["turns"] = _turn_summary(turns)
-    _warn_examples(report, "empty_answers", empty, "have an empty or whitespace-only answer", label)
+        return
+    report.stats["chars"] = acc.chars.summary()
+    report.stats["turns"] = acc.turn_summary()
     _warn_examples(
-        report, "chosen_is_rejected", same_pair, "have chosen identical to rejected", label
+        report, "empty_answers", acc.empty, "have an empty or whitespace-only answer", label
     )
-    _warn_examples(report, "role_order", roles, "have a role-order problem", label)
-    _duplicates(report, hashes, rows, label)
-    _personal_data(report, pii, label)
-    _label_balance(report, labels, rows)
-    if counter is not None:
-        counter.flush()
-        if counter.note:
-            report.notes.append(counter.note)
-        _token_lengths(report, counter.lengths, rows, max_length)
-    return hashes
-
-
-def _turn_summary(turns: Counter[int]) -> dict[str, int]:
-    ordered = sorted(turns.elements()) if sum(turns.values()) < 10_000 else None
-    if ordered is None:
-        # Median from the counts, without expanding them.
-        total, seen, median = sum(turns.values()), 0, 0
-        for value in sorted(turns):
-            seen += turns[value]
-            if seen * 2 >= total:
-                median = value
-                break
-        return {"min": min(turns), "median": median, "max": max(turns)}
-    return {"min": ordered[0], "median": ordered[len(ordered) // 2], "max": ordered[-1]}
+    _warn_examples(
+        report, "chosen_is_rejected", acc.same_pair, "have chosen identical to rejected", label
+    )
+    _warn_examples(report, "role_order", acc.roles, "have a role-order problem", label)
+    _duplicates(report, acc.hashes, rows, label)
+    _personal_data(report, acc.pii, label)
+    _label_balance(report, acc.labels, rows)
+    if acc.tokens is not None:
+        acc.tokens.flush()
+        if acc.tokens.note:
+            report.notes.append(acc.tokens.note)
+        _token_lengths(report, acc.tokens.lengths, rows, max_length)
 
 
 def _share(count: int, rows: int) -> str:
@@ -327,7 +295,7 @@ def _locations(label: Callable[[Loc], str], first: list[tuple[Loc, str]]) -> str
 
 
 def _warn_examples(
-    report: CheckReport, key: str, found: _Examples, what: str, label: Callable[[Loc], str]
+    report: CheckReport, key: str, found: Examples, what: str, label: Callable[[Loc], str]
 ) -> None:
     report.stats[key] = found.count
     rows = report.rows

@@ -43,6 +43,13 @@ class ProblemLog:
         if len(self.messages) < self.keep:
             self.messages.append(message)
 
+    def merge(self, other: ProblemLog) -> None:
+        """Append `other`'s problems, which come after this log's."""
+        self.total += other.total
+        self.kinds.update(other.kinds)
+        room = self.keep - len(self.messages)
+        self.messages.extend(other.messages[: max(0, room)])
+
     def __bool__(self) -> bool:
         return self.total > 0
 

@@ -137,11 +137,27 @@ def _utf8_problem(data: bytes, bad: UnicodeDecodeError) -> RowProblem:
     )
 
 
-def _jsonl(path: Path) -> Iterator[Item]:
+def read_jsonl(
+    path: Path, start: int = 0, end: int | None = None, first_line: int = 1
+) -> Iterator[Item]:
+    """JSON Lines from byte `start` (a line start) to `end` (exclusive, a line start), the first
+    being line `first_line`: the parallel check reads one range per worker."""
+    return _jsonl(path, start, end, first_line)
+
+
+def _jsonl(
+    path: Path, start: int = 0, end: int | None = None, first_line: int = 1
+) -> Iterator[Item]:
     loads = orjson.loads
     with path.open("rb") as fh:
-        number = 0
+        fh.seek(start)
+        number = first_line - 1
+        remaining = end - start if end is not None else -1
         for line in fh:
+            if end is not None:
+                if remaining <= 0:
+                    break
+                remaining -= len(line)
             number += 1
             if number == 1 and line.startswith(BOM):
                 line = line[3:]  # a byte-order mark from Windows editors

@@ -25,7 +25,14 @@ from runner.data.formats import (
     row_shape,
     shape_text,
 )
-from runner.data.readers import data_files, is_eval_file, read_items, supported, where
+from runner.data.readers import (
+    Item,
+    data_files,
+    is_eval_file,
+    read_items,
+    supported,
+    where,
+)
 
 # `org/name` or `name` without a file extension: what a hub dataset id looks like.
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -101,7 +108,13 @@ class RowScanner:
     later row must be in it and have the same shape (Arrow needs one schema per dataset).
     """
 
-    def __init__(self, fmt: str = "auto", trainer: str = "sft", problems: ProblemLog | None = None):
+    def __init__(
+        self,
+        fmt: str = "auto",
+        trainer: str = "sft",
+        problems: ProblemLog | None = None,
+        announce: bool = True,
+    ):
         if fmt != "auto" and fmt not in FORMATS:
             raise ValueError(
                 f"unknown format {fmt!r}; expected auto or one of {', '.join(FORMATS)}"
@@ -116,16 +129,18 @@ class RowScanner:
         self.rows = 0
         self.bad_rows = 0
         self.files = 0
+        self.trainer_problem: str | None = None
         if self.format is not None:
-            self._check_trainer(self.format, "the format setting")
+            self._check_trainer(self.format, "the format setting", announce)
 
-    def _check_trainer(self, fmt: str, origin: str) -> None:
+    def _check_trainer(self, fmt: str, origin: str, announce: bool = True) -> None:
         if self.trainer == "dpo" and fmt != "preference":
-            self.problems.add(
-                "not a preference pair",
+            self.trainer_problem = (
                 f"trainer dpo needs preference rows (prompt, chosen, rejected), but {origin} "
-                f"is {fmt}",
+                f"is {fmt}"
             )
+            if announce:
+                self.problems.add("not a preference pair", self.trainer_problem)
             # Validate the rows in their own format anyway, to report their problems too.
             self.convert_as = "sft"
 
@@ -139,12 +154,13 @@ class RowScanner:
         """Yield `(file, line, example, raw)` for each usable row; log the others."""
         for path in files:
             self.files += 1
-            yield from self._scan_file(source, path)
+            yield from self.scan_items(source, path)
 
-    def _scan_file(
-        self, source: LocalSource, path: Path
+    def scan_items(
+        self, source: LocalSource, path: Path, items: Iterator[Item] | None = None
     ) -> Iterator[tuple[Path, int, Example, bytes | None]]:
-        for number, row, problem, raw in read_items(path):
+        """Like `scan` for one file, or for `items` read from it (a range of its lines)."""
+        for number, row, problem, raw in items if items is not None else read_items(path):
             if problem is not None:
                 self._problem(source.label(path, number), problem)
                 continue

@@ -44,6 +44,17 @@ class RowHashes:
         self.file_index.append(loc[0])
         self.line.append(loc[1])
 
+    def extend(self, other: RowHashes) -> None:
+        for mine, theirs in (
+            (self.exact, other.exact),
+            (self.normal, other.normal),
+            (self.prompt, other.prompt),
+            (self.answer, other.answer),
+            (self.file_index, other.file_index),
+            (self.line, other.line),
+        ):
+            mine.extend(theirs)
+
     def _loc(self, i: int) -> Loc:
         return self.file_index[i], self.line[i]
 
@@ -144,6 +155,14 @@ class Labels:
         if len(counts) > self.MAX_CLASSES:
             self.counts = None
 
+    def merge(self, other: Labels) -> None:
+        if self.counts is None or other.counts is None:
+            self.counts = None
+            return
+        self.counts.update(other.counts)
+        if len(self.counts) > self.MAX_CLASSES:
+            self.counts = None
+
     def balance(self, rows: int) -> dict[str, int] | None:
         counts = self.counts
         if not counts or len(counts) < 2 or rows < 10:
@@ -215,6 +234,11 @@ class PersonalData:
         self.counts[kind] += n
         if len(self.examples[kind]) < EXAMPLES:
             self.examples[kind].append(loc)
+
+    def merge(self, other: PersonalData) -> None:
+        self.counts.update(other.counts)
+        for kind in self.KINDS:
+            self.examples[kind] = (self.examples[kind] + other.examples[kind])[:EXAMPLES]
 
     def scan(self, raw: bytes, loc: Loc) -> None:
         if b"@" in raw:
