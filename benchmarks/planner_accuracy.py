@@ -54,6 +54,24 @@ SOURCES = {
         "grad_accum": 1,
     },
 }
+# Settings the shared file leaves null but the source states: LitGPT's
+# config_hub/finetune/README.md table lists the micro-batch of every config it measured.
+FROM_SOURCE = {
+    "litgpt-a10g-l2-7b-qlora": {"micro_batch": 2},
+    "litgpt-a10g-mistral-7b-lora": {"micro_batch": 2},
+    "litgpt-a10g-mistral-7b-qlora": {"micro_batch": 2},
+    "litgpt-a10g-l32-3b-lora": {"micro_batch": 1},
+    "litgpt-a10g-l32-3b-qlora": {"micro_batch": 2},
+    # LLaMA-Factory turns gradient checkpointing on unless `disable_gradient_checkpointing`
+    # is set; what its table measured (allocated or reserved) stays unknown.
+    "llamafactory-a100-l2-7b-lora": {"grad_ckpt": True},
+    "llamafactory-a100-l2-7b-qlora": {"grad_ckpt": True},
+}
+# LitGPT's QLoRA path measured more memory than its own LoRA path at the same settings
+# (README: TinyLlama QLoRA 16.24 GB vs LoRA 13.50 GB, micro-batch 8; litgpt#1112 "Higher
+# memory use with QLoRA", labelled a bug). Those rows are reported apart: the planner models
+# bitsandbytes QLoRA as TRL/PEFT run it, and no term is bent to reproduce the defect.
+KNOWN_DEFECT = {"litgpt": ("qlora", "litgpt#1112: QLoRA above LoRA in LitGPT")}
 # Defaults for a setting the source leaves out (the case is then "incomplete").
 FALLBACK = {"micro_batch": 1, "seq_len": 512, "grad_ckpt": False}
 
@@ -63,6 +81,7 @@ def source_of(case: dict) -> str:
 
 
 def request_for(case: dict) -> tuple[PlanRequest, list[str]]:
+    case = {**case, **FROM_SOURCE.get(case["id"], {})}
     missing = [k for k in ("micro_batch", "seq_len", "grad_ckpt") if case.get(k) is None]
     values = {k: case.get(k) if case.get(k) is not None else FALLBACK[k] for k in FALLBACK}
     src = SOURCES[source_of(case)]
@@ -113,11 +132,16 @@ def main() -> int:
         plan(request)  # the public path must accept the case too
         est, floor = estimate_gib(case, request)
         meas = measured_gib(case)
-        if meas < floor:
+        status = "complete"
+        if missing or case["metric"] == "unknown":
+            status = "unknown: " + ",".join(missing + (["metric"] * (case["metric"] == "unknown")))
+        elif meas < floor:
             # Below what the weights, gradients and optimizer states alone take on one GPU:
             # the run cannot have had the stated settings (e.g. it was sharded).
-            missing.append(f"contradicted (static floor {floor:.1f} GiB)")
-        complete = not missing and case["metric"] != "unknown"
+            status = f"contradicted: below the static floor {floor:.1f} GiB"
+        elif (defect := KNOWN_DEFECT.get(source_of(case))) and case["method"] == defect[0]:
+            status = "defect: " + defect[1]
+        complete = status == "complete"
         rows.append(
             {
                 "id": case["id"],
@@ -127,7 +151,7 @@ def main() -> int:
                 "measured_gib": round(meas, 2),
                 "error_pct": round(100 * (est - meas) / meas, 1),
                 "complete": complete,
-                "missing": missing + (["metric"] if case["metric"] == "unknown" else []),
+                "status": status,
             }
         )
     throughput = []
@@ -148,7 +172,7 @@ def main() -> int:
         return 0
     print(f"{'case':38s} {'metric':9s} {'est GiB':>8s} {'meas GiB':>8s} {'err %':>7s}  settings")
     for r in rows:
-        note = "complete" if r["complete"] else "unknown: " + ",".join(r["missing"])
+        note = r["status"]
         print(
             f"{r['id']:38s} {r['metric']:9s} {r['estimate_gib']:8.2f} {r['measured_gib']:8.2f} "
             f"{r['error_pct']:+7.1f}  {note}"
@@ -159,10 +183,12 @@ def main() -> int:
     for source in sorted({r["source"] for r in complete}):
         part = [r for r in complete if r["source"] == source]
         print(f"  {source:12s} ({len(part)}): {mape(part):.1f} %")
-    rest = [r for r in rows if not r["complete"]]
-    print(
-        f"MAPE, cases with unknown settings ({len(rest)}, defaults {FALLBACK}): {mape(rest):.1f} %"
-    )
+    for kind in ("defect", "contradicted", "unknown"):
+        part = [r for r in rows if r["status"].startswith(kind)]
+        print(f"MAPE, {kind} ({len(part)}): {mape(part):.1f} %")
+    with_defect = [r for r in rows if r["complete"] or r["status"].startswith("defect")]
+    print(f"MAPE, complete + defect ({len(with_defect)}): {mape(with_defect):.1f} %")
+    print(f"(settings still unknown are planned with {FALLBACK})")
     print(f"MAPE, all cases ({len(rows)}): {mape(rows):.1f} %")
     print()
     for t in throughput:

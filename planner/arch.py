@@ -12,11 +12,13 @@ import json
 import os
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 from planner.errors import PlanError
+
+# Package data (config.json numbers and the GPU table), read on first use.
+DATA_DIR = Path(__file__).parent / "data"
 
 
 @dataclass(frozen=True)
@@ -464,7 +466,7 @@ def _falcon(
 @lru_cache(maxsize=1)
 def catalogue() -> dict[str, dict[str, Any]]:
     """Built-in config.json data of popular models, keyed by hub id."""
-    text = files("planner").joinpath("data/models.json").read_text(encoding="utf-8")
+    text = (DATA_DIR / "models.json").read_text(encoding="utf-8")
     data: dict[str, dict[str, Any]] = json.loads(text)["models"]
     return data
 

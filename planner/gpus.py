@@ -6,9 +6,12 @@ import json
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib.resources import files
+from pathlib import Path
 
 from planner.errors import PlanError
+
+# Package data (config.json numbers and the GPU table), read on first use.
+DATA_DIR = Path(__file__).parent / "data"
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,7 @@ class GpuSpec:
 
 @lru_cache(maxsize=1)
 def _catalogue() -> tuple[tuple[GpuSpec, tuple[str, ...]], ...]:
-    text = files("planner").joinpath("data/gpus.json").read_text(encoding="utf-8")
+    text = (DATA_DIR / "gpus.json").read_text(encoding="utf-8")
     rows = json.loads(text)["gpus"]
     return tuple(
         (
