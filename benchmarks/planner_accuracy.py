@@ -54,6 +54,14 @@ SOURCES = {
         "grad_accum": 1,
     },
 }
+# Our own measurements (any other JSON file with "cases" in the calibration folder) are TRL
+# runs unless a case names its framework.
+TRL_DEFAULTS = {
+    "framework": "trl",
+    "lora_dropout": 0.05,
+    "optimizer": "adamw_torch_fused",
+    "grad_accum": 1,
+}
 # Settings the shared file leaves null but the source states: LitGPT's
 # config_hub/finetune/README.md table lists the micro-batch of every config it measured.
 FROM_SOURCE = {
@@ -84,7 +92,9 @@ def request_for(case: dict) -> tuple[PlanRequest, list[str]]:
     case = {**case, **FROM_SOURCE.get(case["id"], {})}
     missing = [k for k in ("micro_batch", "seq_len", "grad_ckpt") if case.get(k) is None]
     values = {k: case.get(k) if case.get(k) is not None else FALLBACK[k] for k in FALLBACK}
-    src = SOURCES[source_of(case)]
+    src = {**TRL_DEFAULTS, **SOURCES.get(source_of(case), {})}
+    if case.get("framework"):
+        src["framework"] = case["framework"]
     targets = case.get("lora_targets") or "all-linear"
     method = case["method"]
     request = PlanRequest(
@@ -95,7 +105,7 @@ def request_for(case: dict) -> tuple[PlanRequest, list[str]]:
         grad_ckpt=bool(values["grad_ckpt"]),
         grad_accum=int(src["grad_accum"]),
         precision="bf16",
-        optimizer=src["optimizer"],
+        optimizer=case.get("optimizer") or src["optimizer"],
         lora_r=int(case.get("lora_r") or 16),
         lora_targets=targets,
         lora_dropout=src["lora_dropout"],
@@ -126,8 +136,14 @@ def measured_gib(case: dict) -> float:
 def main() -> int:
     path = Path(os.environ.get("TUNEDECK_CALIBRATION", DEFAULT))
     data = json.loads(path.read_text())
+    cases = list(data["cases"])
+    for other in sorted(path.parent.glob("*.json")):
+        if other != path:
+            extra = json.loads(other.read_text())
+            if isinstance(extra, dict):
+                cases += extra.get("cases", [])
     rows = []
-    for case in data["cases"]:
+    for case in cases:
         request, missing = request_for(case)
         plan(request)  # the public path must accept the case too
         est, floor = estimate_gib(case, request)

@@ -225,7 +225,6 @@ def estimate_memory(spec: ModelSpec, s: MemorySettings) -> MemoryEstimate:
     h = spec.hidden_size
 
     parts: dict[str, float] = {}
-    trainable_modules: tuple[Linear, ...] | None = None
     if s.method == "full":
         w = _weight_bytes(s.precision)
         parts["weights"] = p_total * w / shard
@@ -242,19 +241,22 @@ def estimate_memory(spec: ModelSpec, s: MemorySettings) -> MemoryEstimate:
         if dpo and not s.precompute_ref:
             parts["reference model"] = p_total * 2 / shard
     else:
-        trainable_modules = lora_modules(spec, s.lora_targets)
-        trainable = sum(s.lora_r * (m.in_features + m.out_features) for m in trainable_modules)
+        wrapped = lora_modules(spec, s.lora_targets)
+        trainable = sum(s.lora_r * (m.in_features + m.out_features) for m in wrapped)
         if "all-linear" in s.lora_targets:
             trainable += s.lora_r * spec.all_linear_extra_per_rank
         trainable *= spec.num_layers
         base_w = _weight_bytes(s.precision)
+        # PEFT upcasts adapters to fp32 (autocast_adapter_dtype); TRL casts them back to
+        # bf16 over a 4-bit base; LitGPT keeps them in the model dtype.
+        adapter_w = 4
+        if s.framework == "litgpt" or (s.method == "qlora" and s.framework == "trl"):
+            adapter_w = base_w if s.method == "lora" else 2
         if s.method == "qlora":
             quantized = spec.quantizable_params
             parts["weights"] = (quantized * NF4_BYTES[s.quant] + (p_total - quantized) * 2) / shard
-            adapter_w = 2 if s.framework == "trl" else 4
         else:
             parts["weights"] = p_total * base_w / shard
-            adapter_w = 4 if s.framework == "trl" else base_w
         parts["adapters"] = trainable * adapter_w
         grad_bytes = trainable * adapter_w
         if s.optimizer == "adafactor":
@@ -262,9 +264,7 @@ def estimate_memory(spec: ModelSpec, s: MemorySettings) -> MemoryEstimate:
         else:
             states = trainable * _optimizer_state_bytes(s.optimizer, adapter_w)
 
-    parts["gradients"] = grad_bytes
     paged = s.optimizer.startswith("paged_")
-    parts["optimizer"] = states
 
     # Activations kept for the backward pass.
     layer_full = _layer_activation_bytes(spec, s, act, tokens)
@@ -306,13 +306,11 @@ def estimate_memory(spec: ModelSpec, s: MemorySettings) -> MemoryEstimate:
         )
     step_peak = static + grad_bytes + opt_temp
     if shard > 1:
-        # FSDP / ZeRO-3 gather one layer's full weights (and its gradients) at a time
-        layer_params = p_total / spec.num_layers
-        backward_peak += 2 * layer_params * (2 if s.method == "full" else 0.6)
+        # FSDP / ZeRO-3 gather a layer's full weights, with the next one prefetched (and,
+        # when they train, its full gradients before the reduce-scatter)
+        layer_bytes = parts["weights"] * shard / spec.num_layers
+        backward_peak += 2 * layer_bytes * (2 if s.method == "full" else 1)
     allocated = max(backward_peak, end_of_backward, step_peak)
-    if grads_in_backward == 0.0 and allocated == backward_peak:
-        parts["gradients"] = 0.0 if s.method == "full" else grad_bytes
-    parts["optimizer step temp"] = opt_temp if allocated == step_peak else 0.0
     # Fragmentation comes from the memory that is freed and re-allocated every step.
     churn = activations + loss + (grad_bytes if s.grad_accum == 1 else 0.0) + opt_temp
     allocator = FRAGMENTATION * churn
@@ -333,12 +331,13 @@ def estimate_memory(spec: ModelSpec, s: MemorySettings) -> MemoryEstimate:
         "allocator": allocator,
         "CUDA context": float(CUDA_CONTEXT_BYTES),
     }
-    # The breakdown lists what exists at the peak moment; components not alive then are
-    # shown as what they cost, and the difference is folded into the "overlap" entry so
-    # that the parts still add up to the device peak.
+    # Every component at its own size; what is not alive at the peak moment (gradients
+    # freed before the next forward, the optimizer's temporaries during the backward pass,
+    # activations at the optimizer step) comes off in one entry, so the parts add up to the
+    # device peak.
     overlap = device_peak - sum(breakdown.values())
     if abs(overlap) > 1:
-        breakdown["not at peak"] = overlap
+        breakdown["not alive at peak"] = overlap
     return MemoryEstimate(
         breakdown_bytes=breakdown,
         torch_peak_bytes=torch_peak,

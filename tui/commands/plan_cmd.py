@@ -144,9 +144,7 @@ def _render(report: PlanReport) -> None:
             console.print(f"fix for {METHOD_LABELS[o.method]}: {o.fix}")
     for o in report.options:
         parts = [
-            f"{name} {value:.2f}"
-            for name, value in o.breakdown.items()
-            if abs(value) >= 0.005 and name != "not at peak"
+            f"{name} {value:.2f}" for name, value in o.breakdown.items() if abs(value) >= 0.005
         ]
         console.print(f"[dim]breakdown ({METHOD_LABELS[o.method]}, GiB):[/] " + " · ".join(parts))
     if report.renting:
