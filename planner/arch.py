@@ -267,7 +267,7 @@ def spec_from_config(cfg: dict[str, Any], name: str, where: str | None = None) -
     kv = _as_int(cfg, where, "num_key_value_heads", default=heads)
     inter = _as_int(cfg, where, "intermediate_size", "n_inner", default=4 * h)
     q_dim, kv_dim = heads * head_dim, kv * head_dim
-    common = dict(
+    common: dict[str, Any] = dict(
         name=name,
         model_type=model_type,
         hidden_size=h,

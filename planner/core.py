@@ -407,11 +407,10 @@ def _renting(spec: ModelSpec, r: PlanRequest, targets: tuple[str, ...]) -> list[
         for gpu in gpu_catalogue():
             if gpu.price_usd_per_h is None:
                 continue
-            count = next(
-                (c for c in GPU_COUNTS if peaks[c] <= gpu.memory_gib * (1 - HEADROOM)), None
-            )
-            if count is None:
+            fitting = [c for c in GPU_COUNTS if peaks[c] <= gpu.memory_gib * (1 - HEADROOM)]
+            if not fitting:
                 continue
+            count = fitting[0]
             speed = estimate_speed(
                 spec,
                 method,

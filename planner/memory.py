@@ -180,7 +180,7 @@ def _layer_activation_bytes(spec: ModelSpec, s: MemorySettings, act: int, tokens
         norm_bytes = 8 * h  # LitGPT's RMSNorm keeps the fp32 input and fp32 normed tensor
     else:
         norm_bytes = act * h  # LayerNorm / fused RMSNorm keep the input (+ tiny statistics)
-    total = norms * norm_bytes
+    total: float = norms * norm_bytes
     if spec.model_type == "phi":
         norms = 1
         total = norm_bytes
@@ -281,7 +281,7 @@ def estimate_memory(spec: ModelSpec, s: MemorySettings) -> MemoryEstimate:
     head_trainable = s.method == "full"
     if s.framework == "trl" or s.liger:
         tile = min(tokens, FUSED_TILE_TOKENS) * min(spec.vocab_size, FUSED_TILE_VOCAB) * act
-        loss = tile + tokens * h * (act + 4)  # hidden copy + fp32 hidden gradient
+        loss: float = tile + tokens * h * (act + 4)  # hidden copy + fp32 hidden gradient
         if head_trainable:
             loss += spec.vocab_size * h * 4 / shard  # fp32 head gradient before the cast
     elif s.framework == "litgpt":
