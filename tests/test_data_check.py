@@ -300,6 +300,7 @@ def test_parallel_check_matches_single_process(tmp_path: Path, monkeypatch) -> N
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     # Small thresholds so a small file is split over the workers.
     monkeypatch.setattr(parallel, "MIN_PARALLEL_BYTES", 1)
+    monkeypatch.setattr(parallel, "MIN_CORES", 1)
     monkeypatch.setattr(parallel, "MIN_CHUNK_BYTES", path.stat().st_size // 4)
     chunks = parallel.plan_chunks([path], 4)
     assert len(chunks) == 4 and chunks[0].first_line == 1

@@ -263,3 +263,34 @@ def test_importing_runner_data_loads_no_training_stack() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_rows_become_arrow_batch_by_batch(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import runner.data.load as load
+
+    monkeypatch.setattr(load, "ARROW_BATCH_ROWS", 2)
+    rows = [{"messages": chat(f"q{i}", f"a{i}")} for i in range(5)]
+    train, _ = load_training_data(DatasetSpec(path=str(write_jsonl(tmp_path / "c.jsonl", rows))))
+    assert train["messages"] == [r["messages"] for r in rows]
+
+
+def test_wrapped_json_list_keeps_line_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "wrapped.json"
+    items = [{"text": "first"}, {"text": 7}]
+    path.write_text(
+        '{\n  "version": 1,\n  "data": [\n'
+        + ",\n".join(json.dumps(i) for i in items)
+        + "\n  ]\n}\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(DataError) as info:
+        load_training_data(DatasetSpec(path=str(path)))
+    assert "wrapped.json:5: text is a number (7); expected a string" in info.value.lines
+
+
+def test_eval_path_in_another_format_is_refused(tmp_path: Path) -> None:
+    train = write_jsonl(tmp_path / "train.jsonl", [{"prompt": "p", "completion": "c"}])
+    other = write_jsonl(tmp_path / "eval.jsonl", [{"text": "t"}])
+    with pytest.raises(DataError) as info:
+        load_training_data(DatasetSpec(path=str(train), eval_path=str(other)))
+    assert "missing key 'prompt'" in "\n".join(info.value.lines)

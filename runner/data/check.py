@@ -143,7 +143,9 @@ def check_dataset(
             return source.label(files[loc[0]], loc[1])
 
         workers = worker_count(files) if tokenizer is None and parallel else 0
-        _check_local(scanner, accumulator, source, files, workers)
+        fallback = _check_local(scanner, accumulator, source, files, workers)
+        if fallback:
+            report.notes.append(fallback)
         if source.eval_files:
             has_eval = True
             eval_exact = _eval_hashes(source, source.eval_files, fmt, trainer, report)
@@ -181,10 +183,12 @@ def _check_local(
     source: LocalSource,
     files: list[Path],
     workers: int,
-) -> None:
+) -> str | None:
     """Feed every row of `files` to `accumulator`: here, or split over `workers` processes once
-    the first usable row has settled the format and shape."""
+    the first usable row has settled the format and shape. Returns a note when worker
+    processes could not be started and the rows were read here instead."""
     index = {p: i for i, p in enumerate(files)}
+    note = None
     if workers:
         probe = RowScanner(
             "auto" if not scanner.forced else scanner.format or "auto",
@@ -192,20 +196,26 @@ def _check_local(
             ProblemLog(keep=0),
         )
         if next(probe.scan(source, files), None) is not None:
-            if probe.trainer_problem and not scanner.trainer_problem:
-                scanner.problems.add("not a preference pair", probe.trainer_problem)
-            results = check_in_parallel(source, files, probe, workers)
-            for result in results:
-                accumulator.merge(result.accumulator)
-                scanner.problems.merge(result.problems)
-                scanner.rows += result.rows
-                scanner.bad_rows += result.bad_rows
-            scanner.format, scanner.shape = probe.format, probe.shape
-            scanner.files = len(files)
-            accumulator.peak_rss_bytes = sum(r.peak_rss_bytes for r in results)
-            return
+            try:
+                results = check_in_parallel(source, files, probe, workers)
+            except (OSError, RuntimeError) as exc:
+                # e.g. a calling script without a __main__ guard, or no room for processes
+                note = f"worker processes unavailable ({exc}); checked in one process"
+            else:
+                if probe.trainer_problem and not scanner.trainer_problem:
+                    scanner.problems.add("not a preference pair", probe.trainer_problem)
+                for result in results:
+                    accumulator.merge(result.accumulator)
+                    scanner.problems.merge(result.problems)
+                    scanner.rows += result.rows
+                    scanner.bad_rows += result.bad_rows
+                scanner.format, scanner.shape = probe.format, probe.shape
+                scanner.files = len(files)
+                accumulator.peak_rss_bytes = sum(r.peak_rss_bytes for r in results)
+                return None
     for path, number, example, raw in scanner.scan(source, files):
         accumulator.add((index[path], number), example, raw)
+    return note
 
 
 def _usage_problem(trainer: str, fmt: str, max_length: int | None) -> str | None:

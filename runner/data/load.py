@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,9 @@ from runner.data.scan import (
 if TYPE_CHECKING:
     from datasets import Dataset
 
+# Rows converted to one Arrow table at a time: bounds the Python objects alive while loading.
+ARROW_BATCH_ROWS = 10_000
+
 
 def load_training_data(
     spec: DatasetSpec, trainer: str = "sft", seed: int = 42
@@ -36,16 +40,12 @@ def load_training_data(
     if trainer not in ("sft", "dpo"):
         raise DataError([f"trainer must be sft or dpo, got {trainer!r}"])
     if Path(spec.path).exists() or not looks_like_hub_id(spec.path):
-        train_rows, eval_rows, fmt = _local_rows(spec, trainer)
+        train, evaluation, fmt = _local_data(spec, trainer)
     else:
-        train_rows, eval_rows, fmt = _hub_rows(spec, trainer)
-    if spec.eval_path and eval_rows is None:
-        eval_rows = _eval_path_rows(spec.eval_path, fmt, trainer)
-
-    from datasets import Dataset
-
-    train = Dataset.from_list(train_rows)
-    evaluation = Dataset.from_list(eval_rows) if eval_rows else None
+        train, evaluation, fmt = _hub_data(spec, trainer)
+    if spec.eval_path and evaluation is None:
+        evaluation = _eval_path_data(spec.eval_path, fmt, trainer)
+        _same_columns(train, evaluation, spec.eval_path)
     if evaluation is None and spec.eval_fraction:
         held_out = round(len(train) * spec.eval_fraction)
         if held_out < 1 or held_out >= len(train):
@@ -60,61 +60,85 @@ def load_training_data(
     return train, evaluation
 
 
-def _read_all(
-    source: LocalSource, files: list[Path], fmt: str, trainer: str, what: str
-) -> tuple[list[dict[str, Any]], str]:
-    scanner = RowScanner(fmt, trainer)
-    rows = [example.row for _, _, example, _ in scanner.scan(source, files)]
+def _to_dataset(rows: Iterator[dict[str, Any]]) -> Dataset | None:
+    """Arrow batches as the rows stream in, so a large file never sits in memory as Python
+    objects all at once; None when there are no rows."""
+    from datasets import Dataset, concatenate_datasets
+
+    parts = []
+    batch: list[dict[str, Any]] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= ARROW_BATCH_ROWS:
+            parts.append(Dataset.from_list(batch))
+            batch = []
+    if batch:
+        parts.append(Dataset.from_list(batch))
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+
+
+def _checked(scanner: RowScanner, dataset: Dataset | None, what: str) -> Dataset:
     if scanner.problems:
         bad = scanner.bad_rows
         head = f"{what}: {bad:,} of {bad + scanner.rows:,} rows cannot be used" if bad else what
         raise DataError([head, *scanner.problems.lines()])
-    if not rows:
-        raise DataError([f"{what}: empty dataset, no rows in {source.root}"])
-    return rows, scanner.format or fmt
+    if dataset is None:
+        raise DataError([f"{what}: empty dataset, no rows"])
+    return dataset
 
 
-def _local_rows(
-    spec: DatasetSpec, trainer: str
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None, str]:
+def _read_files(
+    source: LocalSource, files: list[Path], fmt: str, trainer: str, what: str
+) -> tuple[Dataset, str]:
+    scanner = RowScanner(fmt, trainer)
+    dataset = _to_dataset(example.row for _, _, example, _ in scanner.scan(source, files))
+    return _checked(scanner, dataset, what), scanner.format or fmt
+
+
+def _local_data(spec: DatasetSpec, trainer: str) -> tuple[Dataset, Dataset | None, str]:
     try:
         source = local_source(spec.path, split_eval=not spec.eval_path)
     except SourceProblem as exc:
         raise DataError([f"dataset.path: {exc}"]) from None
-    train, fmt = _read_all(source, source.train_files, spec.format, trainer, spec.path)
+    train, fmt = _read_files(source, source.train_files, spec.format, trainer, spec.path)
     evaluation = None
     if source.eval_files:
-        evaluation, _ = _read_all(
+        evaluation, _ = _read_files(
             source, source.eval_files, fmt, trainer, f"{spec.path} (eval files)"
         )
         _same_columns(train, evaluation, spec.path)
     return train, evaluation, fmt
 
 
-def _eval_path_rows(path: str, fmt: str, trainer: str) -> list[dict[str, Any]]:
+def _eval_path_data(path: str, fmt: str, trainer: str) -> Dataset:
     try:
         source = local_source(path, split_eval=False)
     except SourceProblem as exc:
         raise DataError([f"dataset.eval_path: {exc}"]) from None
-    rows, _ = _read_all(source, source.train_files, fmt, trainer, path)
-    return rows
+    dataset, _ = _read_files(source, source.train_files, fmt, trainer, path)
+    return dataset
 
 
-def _same_columns(train: list[dict[str, Any]], evaluation: list[dict[str, Any]], what: str) -> None:
-    from runner.data.formats import row_shape, shape_text
-
-    if row_shape(train[0]) != row_shape(evaluation[0]):
+def _same_columns(train: Dataset, evaluation: Dataset, what: str) -> None:
+    if train.features != evaluation.features:
         raise DataError(
             [
-                f"{what}: eval rows have {shape_text(row_shape(evaluation[0]))} but training rows "
-                f"have {shape_text(row_shape(train[0]))}"
+                f"{what}: eval rows have columns {_columns(evaluation)} but training rows have "
+                f"{_columns(train)}; use the same format for both"
             ]
         )
 
 
-def _hub_rows(
-    spec: DatasetSpec, trainer: str
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None, str]:
+def _columns(dataset: Dataset) -> str:
+    return ", ".join(
+        f"{name} ({'conversation' if type(feature).__name__ in ('List', 'Sequence', 'list') else 'string'})"
+        for name, feature in dataset.features.items()
+    )
+
+
+def _hub_data(spec: DatasetSpec, trainer: str) -> tuple[Dataset, Dataset | None, str]:
     train_ds = _load_hub(spec.path, spec.split)
     train, fmt = _convert_hub(train_ds, spec.format, trainer, f"{spec.path}[{spec.split}]")
     evaluation = None
@@ -131,31 +155,28 @@ def _load_hub(name: str, split: str) -> Any:
     try:
         return datasets.load_dataset(name, split=split)
     except Exception as exc:  # datasets raises many kinds here; each means "cannot load"
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(
             [
                 f"dataset.path: {name!r} is not a local file or folder, and loading it as a hub "
-                f"dataset (split {split!r}) failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+                f"dataset (split {split!r}) failed: {reason}",
                 "check the path, or the network and the dataset id (offline, only datasets "
                 "already in the Hugging Face cache load)",
             ]
         ) from None
 
 
-def _convert_hub(
-    dataset: Any, fmt: str, trainer: str, label: str
-) -> tuple[list[dict[str, Any]], str]:
-    problems = ProblemLog()
-    scanner = RowScanner(fmt, trainer, problems)
-    rows = []
-    for number, row in enumerate(dataset, 1):
-        example = scanner.convert(row, lambda n=number: f"{label} row {n}")
-        if example is not None:
-            rows.append(example.row)
-    if problems:
-        raise DataError([f"{label}: {scanner.bad_rows:,} rows cannot be used", *problems.lines()])
-    if not rows:
-        raise DataError([f"{label}: empty dataset"])
-    return rows, scanner.format or fmt
+def _convert_hub(dataset: Any, fmt: str, trainer: str, label: str) -> tuple[Dataset, str]:
+    scanner = RowScanner(fmt, trainer, ProblemLog())
+
+    def rows() -> Iterator[dict[str, Any]]:
+        for number, row in enumerate(dataset, 1):
+            example = scanner.convert(row, lambda n=number: f"{label} row {n}")
+            if example is not None:
+                yield example.row
+
+    converted = _to_dataset(rows())
+    return _checked(scanner, converted, label), scanner.format or fmt
 
 
 __all__ = ["DataError", "RowProblem", "load_training_data"]

@@ -23,6 +23,9 @@ from runner.data.scan import LocalSource, RowScanner
 MIN_PARALLEL_BYTES = 64 * 2**20
 MIN_CHUNK_BYTES = 16 * 2**20
 MAX_WORKERS = 8
+# On a 2-vCPU VM two workers ran no faster than one process (the vCPUs share a core and other
+# work), so split only where there are cores to spare; use about half of them.
+MIN_CORES = 4
 COUNT_BLOCK_BYTES = 8 * 2**20
 
 
@@ -64,9 +67,9 @@ def worker_count(files: list[Path]) -> int:
             if file_kind(path, fh.read(SNIFF_BYTES)) != "jsonl":
                 return 0
         total += path.stat().st_size
-    if total < MIN_PARALLEL_BYTES or not cores or cores < 2:
+    if total < MIN_PARALLEL_BYTES or not cores or cores < MIN_CORES:
         return 0
-    return min(cores, MAX_WORKERS, max(2, total // MIN_CHUNK_BYTES))
+    return min(max(2, cores // 2), MAX_WORKERS, max(2, total // MIN_CHUNK_BYTES))
 
 
 def _next_line_start(fh: object, offset: int) -> int:

@@ -214,28 +214,35 @@ def _json(path: Path) -> Iterator[Item]:
         except orjson.JSONDecodeError as exc:
             yield exc.lineno, None, _parse_problem(data, exc, line_offset=0), None
             return
-        rows = _rows_in_object(value)
-        if rows is None:
+        key = _rows_key(value)
+        if key is None:
             yield 1, value, None, None
-        else:
-            # Line numbers of items inside a wrapping object are not tracked: number them.
-            for i, row in enumerate(rows, 1):
+            return
+        # Read the wrapped list again item by item, for the line each item starts on.
+        at = text.find(json.dumps(key))
+        bracket = text.find("[", at) if at >= 0 else -1
+        if bracket < 0:
+            for i, row in enumerate(value[key], 1):
                 yield i, row, None, None
+            return
+        yield from _json_array(text, bracket)
         return
-    yield from _json_array(text)
+    yield from _json_array(text, text.index("["))
 
 
-def _rows_in_object(value: Any) -> list[Any] | None:
-    """The row list of `{"data": [...]}`-style files: the one value that is a list of objects."""
+def _rows_key(value: Any) -> str | None:
+    """The key of the row list in `{"data": [...]}`-style files: the one value that is a list of
+    objects."""
     if not isinstance(value, dict):
         return None
-    lists = [v for v in value.values() if isinstance(v, list) and v and isinstance(v[0], dict)]
-    return lists[0] if len(lists) == 1 and len(value) <= 3 else None
+    keys = [k for k, v in value.items() if isinstance(v, list) and v and isinstance(v[0], dict)]
+    return keys[0] if len(keys) == 1 and len(value) <= 3 else None
 
 
-def _json_array(text: str) -> Iterator[Item]:
+def _json_array(text: str, bracket: int) -> Iterator[Item]:
+    """The items of the list whose `[` is at `bracket`, each with the line it starts on."""
     decoder = json.JSONDecoder()
-    pos = text.index("[") + 1
+    pos = bracket + 1
     line = text.count("\n", 0, pos) + 1
     size = len(text)
     ws = re.compile(r"[\s,]*")
