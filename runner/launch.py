@@ -355,7 +355,12 @@ def launch(
     _check_root(root)
     run_dir = _new_run_dir(root, preset.name, name)
     try:
-        write_atomic(run_dir / CONFIG_FILE, preset_to_yaml(preset), mode=0o600)
+        from runner.redact import redact, secret_values
+
+        # A token pasted into a --set value must not be stored; the training reads tokens
+        # from the environment, where the libraries look for them anyway.
+        config_text = redact(preset_to_yaml(preset), secret_values())
+        write_atomic(run_dir / CONFIG_FILE, config_text, mode=0o600)
         state = RunState(
             run_id=run_dir.name,
             status="running",

@@ -11,7 +11,7 @@ import os
 import re
 from collections.abc import Mapping
 
-REDACTED = "[redacted]"
+REDACTED = "<redacted>"
 # Names of environment variables that hold secrets.
 SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|APIKEY|ACCESS_KEY|PRIVATE_KEY)")
 # Shorter values are too likely to be ordinary words or numbers to blank out everywhere.

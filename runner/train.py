@@ -113,6 +113,11 @@ class Run:
         self.secrets = secret_values()
         self.segment_started_s = time.time()
 
+    def say(self, message: str) -> None:
+        """One line in train.log, from rank 0 only."""
+        if self.is_rank0:
+            print(f"tunedeck: {message}", flush=True)
+
     def set_state(self, durable: bool = True, **changes: Any) -> None:
         if self.is_rank0:
             changes["updated_at"] = now_iso()
@@ -142,7 +147,6 @@ class Run:
             host=socket.gethostname(),
             boot_id=boot_id(),
             pid_create_time=leader_created,
-            segment_started_at=now_iso(),
             segment_start_step=resume_step,
             step=resume_step,
             resumed_from=resumed_from,
@@ -274,17 +278,17 @@ def _main(run: Run) -> int:
             else:
                 by_user = (run.run_dir / STOP_REQUEST_FILE).exists()
                 run.record_end("interrupted", 0, step=step, stopped_by_user=by_user, **peak)
-                print(f"tunedeck: stopped at step {step}; checkpoint-{step} written", flush=True)
+                run.say(f"stopped at step {step}; checkpoint-{step} written")
                 return 0
         output_dir = run.run_dir / OUTPUT_DIR
         trainer.save_model(str(output_dir))
         if trainer.is_world_process_zero() and trainer.processing_class is not None:
             trainer.processing_class.save_pretrained(str(output_dir))
         run.record_end("completed", 0, step=step, **peak)
-        print(f"tunedeck: completed at step {step}; saved to {output_dir}", flush=True)
+        run.say(f"completed at step {step}; saved to {output_dir}")
         return 0
     except (TrainingFailure, BuildFailure) as exc:
-        print(f"tunedeck: failed: {exc}", file=sys.stderr, flush=True)
+        run.say(f"failed: {exc}")
         run.record_end("failed", 1, str(exc))
         return 1
     except BaseException as exc:  # every failure is recorded in the run folder before leaving
