@@ -11,7 +11,6 @@ like a machine without a driver, and be slow, so callers can be tested on each.
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -107,8 +106,14 @@ class FakeNvml:
         self.fail_next: dict[str, int] = {}
         """Function name -> how many of its next calls raise NVMLError_Unknown."""
         self._lock = threading.Lock()
+        self._released = threading.Event()
 
     # ---------------------------------------------------------------- test controls
+
+    def release(self) -> None:
+        """End every slow call now, and make later ones fast (a driver that recovered)."""
+        self.delay_s = 0.0
+        self._released.set()
 
     def fail(self, function: str, times: int = 1) -> None:
         """Make the next `times` calls of `function` raise, as a flaky driver mid-poll."""
@@ -131,8 +136,8 @@ class FakeNvml:
             if left:
                 self.fail_next[function] = left - 1
                 raise NVMLError_Unknown(f"{function} failed")
-        if self.delay_s:
-            time.sleep(self.delay_s)
+        if self.delay_s and not self._released.is_set():
+            self._released.wait(self.delay_s)
         if function not in ("nvmlInit", "nvmlShutdown") and not self.initialised:
             raise NVMLError_Uninitialized("NVML not initialised")
 

@@ -38,6 +38,7 @@ def make_app(
     **kwargs: Any,
 ) -> TunedeckApp:
     kwargs.setdefault("host_probe", fixed_host)
+    kwargs.setdefault("cpu_probe", lambda: 12.0)
     return TunedeckApp(GpuSource(nvml=nvml), store, plan_fn, runs_dir=runs_dir, **kwargs)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -51,12 +52,16 @@ async def test_home_without_a_gpu_says_so(tmp_path: Path) -> None:
 
 async def test_a_slow_nvml_never_blocks_the_screen(tmp_path: Path) -> None:
     nvml = two_h100s()
-    nvml.delay_s = 0.05  # ~1.5 s per poll over the ~30 calls of two GPUs
     app = make_app(nvml, tmp_path / "runs", poll_interval_s=0.2)
     async with app.run_test(size=(100, 30)) as pilot:
-        import time
-
-        started = time.monotonic()
-        await pilot.press("p")  # a key is handled while the poll is still sleeping
-        await pilot.pause()
-        assert time.monotonic() - started < 0.5
+        assert await wait_for(pilot, lambda: "GPU 1" in screen_text(app))
+        nvml.delay_s = 30.0  # a driver that hangs: each NVML call now takes 30 s
+        await pilot.pause(0.5)  # the poller is now stuck inside a call
+        try:
+            started = time.monotonic()
+            await pilot.press("e")  # the UI still answers keys and draws
+            assert await wait_for(pilot, lambda: "presets" in screen_text(app), timeout_s=5)
+            assert time.monotonic() - started < 2.0
+            assert "GPU" not in screen_text(app)  # the preset editor replaced home
+        finally:
+            nvml.release()

@@ -51,6 +51,7 @@ class TunedeckApp(App[None]):
         host_probe: Callable[[Path], HostInfo] = host_info,
         watch_run: str | None = None,
         poll_interval_s: float = 1.0,
+        cpu_probe: Callable[[], float | None] | None = None,
     ) -> None:
         super().__init__()
         self.gpu_source = gpu_source
@@ -64,7 +65,12 @@ class TunedeckApp(App[None]):
         self.telemetry: Telemetry | None = None
         self.telemetry_signal: Signal[Telemetry] = Signal(self, "telemetry")
         self.poller = TelemetryPoller(
-            gpu_source, runs_dir, interval_s=poll_interval_s, host_probe=host_probe, clock=clock
+            gpu_source,
+            runs_dir,
+            interval_s=poll_interval_s,
+            host_probe=host_probe,
+            clock=clock,
+            cpu_probe=cpu_probe,
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -109,20 +115,25 @@ class TunedeckApp(App[None]):
         self.push_screen(PlannerScreen())
 
     def action_open_presets(self) -> None:
-        try:
-            from tui.screens.presets import PresetsScreen
-        except ImportError:
-            self.notify("the preset editor is not available yet", severity="warning")
-            return
-        self.push_screen(PresetsScreen())
+        self.open_presets()
+
+    def open_presets(self, initial: dict[str, Any] | None = None) -> None:
+        """The preset editor; `initial` fills the form (a plan turned into a preset)."""
+        from tui.screens.presets import PresetsScreen
+
+        self.push_screen(PresetsScreen(initial=initial))
 
     def action_open_launch(self) -> None:
+        self.open_launch()
+
+    def open_launch(self, preset: Any | None = None) -> None:
+        """The launch screen, with `preset` already picked when given."""
         try:
             from tui.screens.launch import LaunchScreen
         except ImportError:
             self.notify("launching is not available yet", severity="warning")
             return
-        self.push_screen(LaunchScreen())
+        self.push_screen(LaunchScreen(preset))
 
     # ------------------------------------------------------------------ run actions
 

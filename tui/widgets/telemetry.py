@@ -51,6 +51,11 @@ class GpuHistory:
     mem_used_gib: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY_POINTS))
 
 
+def _cpu_percent() -> float:
+    """CPU use since the previous call, all cores (psutil keeps the previous sample)."""
+    return psutil.cpu_percent(interval=None)
+
+
 class TelemetryPoller:
     """Polls `gpu_source` and the host every `interval_s` until `stop()`."""
 
@@ -61,8 +66,10 @@ class TelemetryPoller:
         interval_s: float = 1.0,
         host_probe: Callable[[Path], HostInfo] = host_info,
         clock: Callable[[], float] = time.time,
+        cpu_probe: Callable[[], float | None] | None = None,
     ) -> None:
         self.gpu_source = gpu_source
+        self.cpu_probe = cpu_probe or _cpu_percent
         self.disk_path = disk_path
         self.interval_s = interval_s
         self.host_probe = host_probe
@@ -82,7 +89,7 @@ class TelemetryPoller:
         snap = self.gpu_source.snapshot()
         poll_s = time.monotonic() - started
         host = self.host_probe(self.disk_path)
-        cpu = psutil.cpu_percent(interval=None)
+        cpu = self.cpu_probe()
         for gpu in snap.gpus:
             hist = self.history.setdefault(gpu.index, GpuHistory())
             hist.util_pct.append(float(gpu.utilization_pct or 0))

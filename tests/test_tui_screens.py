@@ -1,0 +1,200 @@
+"""Planner, preset editor and launch screens driven by keys, over the real planner, the real
+preset store (under a temporary TUNEDECK_HOME) and the real runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fake_nvml import FakeGpu, FakeNvml, two_h100s
+from test_tui_helpers import make_app, screen_text, wait_for
+
+from planner import PlanRequest, plan
+from presets import load_preset
+from runner.runs import RunStore, read_state
+from tui.screens.monitor import MonitorScreen
+from tui.screens.planner import PlannerScreen
+from tui.screens.presets import PresetsScreen
+from tui.widgets.preset_form import PresetForm
+
+pytestmark = pytest.mark.asyncio
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("TUNEDECK_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("TUNEDECK_RUNS", raising=False)
+    return tmp_path / "home"
+
+
+async def replace_text(pilot, widget_id: str, text: str) -> None:
+    """Focus an input, clear it and type `text` key by key, as a user does."""
+    widget = pilot.app.screen.query_one(f"#{widget_id}")
+    widget.focus()
+    await pilot.pause()
+    await pilot.press("end", *["backspace"] * (len(widget.value) + 1), *text)
+
+
+async def test_planner_updates_as_you_type(home: Path) -> None:
+    # One 24 GB card: full fine-tuning of an 8B model cannot fit, so a fix is offered.
+    nvml = FakeNvml(
+        [FakeGpu(name="NVIDIA GeForce RTX 4090", total_gib=23.99, compute_capability=(8, 9))]
+    )
+    app = make_app(nvml, home / "runs", plan_fn=plan)
+    async with app.run_test(size=(100, 30)) as pilot:
+        assert await wait_for(pilot, lambda: app.telemetry is not None)
+        await pilot.press("p")
+        assert isinstance(app.screen, PlannerScreen)
+        assert await wait_for(pilot, lambda: "does not fit" in screen_text(app), timeout_s=5)
+        screen = app.screen
+        before = screen.report
+        assert before is not None and before.option("full").fits is False
+        assert "fix:" in screen_text(app)
+        lora_before = before.option("lora").device_peak_gib
+
+        await replace_text(pilot, "seq-len", "8192")
+        assert await wait_for(
+            pilot, lambda: screen.report is not before and screen.report.request.seq_len == 8192
+        )
+        after = screen.report
+        # The screen shows what the planner computes for the same request.
+        expected = plan(
+            PlanRequest(
+                model="meta-llama/Llama-3.1-8B",
+                gpu="NVIDIA GeForce RTX 4090",
+                gpu_memory_gib=after.request.gpu_memory_gib,
+                seq_len=8192,
+                micro_batch=1,
+                grad_accum=8,
+                lora_r=16,
+                lora_alpha=32,
+                examples=12000,
+                avg_tokens=780,
+                epochs=3.0,
+            )
+        )
+        lora_after = after.option("lora").device_peak_gib
+        assert lora_after == pytest.approx(expected.option("lora").device_peak_gib)
+        assert lora_after > lora_before
+        assert await wait_for(pilot, lambda: f"{lora_after:6.1f} GiB" in screen_text(app))
+
+        # A bad value is named, and the last good plan stays on screen.
+        await replace_text(pilot, "model", "no/such-model-anywhere")
+        assert await wait_for(pilot, lambda: "no/such-model-anywhere" in screen_text(app))
+        assert await wait_for(
+            pilot, lambda: "model" in str(app.screen.query_one("#planner-problems").render())
+        )
+
+
+async def test_use_this_plan_opens_the_editor_with_a_valid_preset(home: Path) -> None:
+    app = make_app(two_h100s(), home / "runs", plan_fn=plan)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("p")
+        assert await wait_for(pilot, lambda: app.screen.report is not None, timeout_s=5)
+        recommended = app.screen.report.recommended
+        await pilot.press("ctrl+u")
+        assert await wait_for(pilot, lambda: isinstance(app.screen, PresetsScreen))
+        editor = app.screen
+        assert await wait_for(pilot, lambda: editor.preset is not None)
+        assert editor.preset.model == "meta-llama/Llama-3.1-8B"
+        assert editor.preset.method == recommended
+        assert editor.preset.training["max_length"] == 2048
+
+
+async def test_editor_shows_errors_inline_and_saves_a_user_preset(home: Path) -> None:
+    app = make_app(two_h100s(), home / "runs")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("e")
+        assert isinstance(app.screen, PresetsScreen)
+        editor = app.screen
+        assert await wait_for(
+            pilot, lambda: editor.preset is not None and editor.preset.name == "demo"
+        )
+        form = editor.query_one(PresetForm)
+        # Help comes from the schema's field docstrings.
+        assert "Rank of the adapter matrices" in screen_text(app) or any(
+            "Rank of the adapter matrices" in str(s.render()) for s in form.query(".form-help")
+        )
+
+        await replace_text(pilot, "field-lora--r", "0")
+        error = form.query_one("#field-lora--r-error")
+        assert await wait_for(
+            pilot, lambda: "must be a positive integer, got 0" in str(error.render())
+        )
+        assert error.display
+        assert editor.preset is None
+        assert "1 problem" in str(editor.query_one("#presets-status").render())
+
+        # Saving is refused while a field is wrong; nothing is written.
+        await pilot.press("ctrl+s")
+        await pilot.pause(0.2)
+        assert not (home / "config" / "presets").exists()
+
+        await replace_text(pilot, "field-lora--r", "32")
+        assert await wait_for(pilot, lambda: editor.preset is not None)
+        assert not error.display
+
+        # A shipped name is never overwritten.
+        await pilot.press("ctrl+s")
+        assert await wait_for(
+            pilot, lambda: "never overwritten" in str(editor.query_one("#presets-status").render())
+        )
+        assert not (home / "config" / "presets" / "demo.yaml").exists()
+
+        await replace_text(pilot, "field-name", "my-demo")
+        assert await wait_for(
+            pilot, lambda: editor.preset is not None and editor.preset.name == "my-demo"
+        )
+        await pilot.press("ctrl+s")
+        saved = home / "config" / "presets" / "my-demo.yaml"
+        assert await wait_for(pilot, saved.exists)
+        loaded = load_preset("my-demo")
+        assert loaded.lora.r == 32 and loaded.model == "{data_dir}/demo/model"
+
+        # The resolved YAML view shows every field, defaults included.
+        await pilot.press("ctrl+y")
+        assert await wait_for(pilot, lambda: "double_quant: true" in screen_text(app))
+        assert "r: 32" in screen_text(app)
+
+
+async def test_unknown_training_argument_is_shown_under_training(home: Path) -> None:
+    app = make_app(two_h100s(), home / "runs")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("e")
+        editor = app.screen
+        assert await wait_for(pilot, lambda: editor.preset is not None)
+        area = editor.query_one("#field-training")
+        area.text = area.text + "learning_rat: 0.1\n"
+        error = editor.query_one("#field-training-error")
+        assert await wait_for(pilot, lambda: "learning_rat" in str(error.render()))
+        assert "learning_rate" in str(error.render())  # the suggestion
+
+
+async def test_launch_creates_a_run_folder_and_opens_its_monitor(home: Path) -> None:
+    from runner.demo import ensure_demo
+
+    ensure_demo()
+    root = home / "runs"
+    store = RunStore(root)
+    app = make_app(FakeNvml([]), root, store=store)
+    try:
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.press("n")
+            assert await wait_for(pilot, lambda: "ready" in screen_text(app), timeout_s=20)
+            assert "data  ok" in screen_text(app)
+            await pilot.press("enter")
+            assert await wait_for(
+                pilot, lambda: isinstance(app.screen, MonitorScreen), timeout_s=20
+            )
+            runs = [p for p in root.iterdir() if p.is_dir()]
+            assert len(runs) == 1
+            run_dir = runs[0]
+            assert (run_dir / "config.yaml").is_file()
+            state = read_state(run_dir)
+            assert state is not None and state.preset_name == "demo"
+            assert app.screen.run == run_dir.name
+            assert await wait_for(pilot, lambda: run_dir.name in screen_text(app))
+    finally:
+        for summary in store.list():
+            if summary.state.status in ("running", "stopping"):
+                store.stop(summary.run_id, now=True)
