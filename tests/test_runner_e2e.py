@@ -7,6 +7,7 @@ loss of the uninterrupted reference run at every step.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -188,10 +189,8 @@ def reference(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> Refer
 
     in_session = [p for p in psutil.process_iter() if _sid(p.pid) == shell.pid]
     for proc in in_session:
-        try:
+        with contextlib.suppress(ProcessLookupError):  # it may have left already
             os.kill(proc.pid, signal.SIGHUP)
-        except ProcessLookupError:
-            pass
     os.close(master)
     shell.wait(timeout=30)
     left = sum(1 for p in psutil.process_iter() if _sid(p.pid) == shell.pid)
@@ -339,7 +338,9 @@ def _listed_status(tunedeck: Any, run_id: str) -> str | None:
 # ---------------------------------------------------------------- torchrun, DPO, merge
 
 
-def test_two_process_torchrun_on_cpu(demo_home: Path, tunedeck: Any) -> None:
+def test_two_process_torchrun_on_cpu_stops_and_resumes(demo_home: Path, tunedeck: Any) -> None:
+    """torchrun with two gloo workers; `tunedeck stop` reaches both ranks, which agree on the
+    step to checkpoint; the resumed run completes with one metrics stream."""
     run_dir = launch_json(
         tunedeck,
         "demo",
@@ -350,19 +351,31 @@ def test_two_process_torchrun_on_cpu(demo_home: Path, tunedeck: Any) -> None:
         "--set",
         "launch.strategy=ddp",
         "--set",
-        "training.max_steps=8",
+        "training.max_steps=16",
         "--set",
         "training.eval_strategy='no'",
         "--set",
         "training.max_length=64",
     )
-    wait_for(lambda: finished(run_dir), 240, "the torchrun run", poll_s=0.2)
+    wait_for(lambda: logged_step(run_dir) >= 3 or finished(run_dir), 240, "step 3", poll_s=0.01)
+    out = tunedeck("stop", "ddp", timeout=300)
+    assert out.returncode == 0, out.stderr
+    state = read_state(run_dir)
+    log = (run_dir / "train.log").read_text()
+    assert state is not None and state.status == "interrupted", log[-3000:]
+    assert state.stopped_by_user
+    assert inspect_checkpoint(run_dir / "checkpoints" / f"checkpoint-{state.step}").complete
+    assert "rng_state_1.pth" in {
+        p.name for p in (run_dir / "checkpoints" / f"checkpoint-{state.step}").iterdir()
+    }
+    assert tunedeck("resume", "ddp").returncode == 0
+    wait_for(lambda: finished(run_dir) and step_of(run_dir) == 16, 240, "the end", poll_s=0.2)
     state = read_state(run_dir)
     log = (run_dir / "train.log").read_text()
     assert state is not None and state.status == "completed", log[-3000:]
     assert "torch.distributed.run" in log and "--nproc_per_node=2" in log
-    assert log.count("tunedeck: completed at step 8") == 1  # rank 0 alone reports
-    assert sorted(losses(run_dir)) == list(range(1, 9))  # one stream, each step once
+    assert log.count("tunedeck: completed at step 16") == 1  # rank 0 alone reports
+    assert sorted(losses(run_dir)) == list(range(1, 17))  # one stream, each step once
 
 
 def test_dpo_with_lora_then_merge_loads_and_generates(demo_home: Path, tunedeck: Any) -> None:
