@@ -475,6 +475,12 @@ def _reason(
     return text + ("; " + "; ".join(others) if others else "")
 
 
+def _bf16_note(gpu: GpuSpec | None, precision: str) -> str:
+    if gpu is not None and not gpu.bf16 and precision in ("bf16", "bf16-mixed"):
+        return f"; {gpu.name} has no bf16: train in fp16 (--precision fp16-mixed)"
+    return ""
+
+
 def plan(request: PlanRequest) -> PlanReport:
     """Plan every requested method for a model, GPU and data size."""
     problems = _check(request)
@@ -501,7 +507,8 @@ def plan(request: PlanRequest) -> PlanReport:
         request=request,
         model=spec,
         recommended=recommended,
-        reason=_reason(options, gpu, recommended, request.num_gpus),
+        reason=_reason(options, gpu, recommended, request.num_gpus)
+        + _bf16_note(gpu, request.precision),
         options=options,
         gpu=gpu,
         renting=renting,

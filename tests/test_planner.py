@@ -343,6 +343,8 @@ def test_plan_command_with_a_preset_and_overrides(tmp_path: Path) -> None:
         (["plan", "--model", "Qwen/Qwen2.5-7B", "--gpu", "H900"], "not in the catalogue"),
         (["plan", "no-such-preset"], "no-such-preset"),
         (["plan"], "give a model"),
+        (["plan", "--model", "Qwen/Qwen2.5-7B", "--seq-len", "long"], "expected a whole number"),
+        (["plan", "--model", "Qwen/Qwen2.5-7B", "--frobnicate"], "unrecognized arguments"),
         (["plan", "--model", "Qwen/Qwen2.5-7B", "--dataset", "/nonexistent.jsonl"], "no such file"),
     ],
 )
@@ -350,3 +352,36 @@ def test_plan_command_bad_input_exits_2(args: list[str], text: str) -> None:
     out = _cli(*args)
     assert out.returncode == 2
     assert text in out.stderr and "Traceback" not in out.stderr
+
+
+def test_plan_command_help_lists_the_flags() -> None:
+    out = _cli("plan", "--help")
+    assert out.returncode == 0
+    for flag in (
+        "--model",
+        "--method",
+        "--trainer",
+        "--gpu",
+        "--num-gpus",
+        "--strategy",
+        "--seq-len",
+        "--micro-batch",
+        "--grad-accum",
+        "--grad-ckpt",
+        "--no-grad-ckpt",
+        "--attn",
+        "--precision",
+        "--optimizer",
+        "--lora-r",
+        "--lora-targets",
+        "--quant",
+        "--liger",
+        "--examples",
+        "--avg-tokens",
+        "--dataset",
+        "--epochs",
+        "--price",
+        "--set",
+        "--json",
+    ):
+        assert flag in out.stdout, flag

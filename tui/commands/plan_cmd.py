@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 
@@ -158,64 +159,105 @@ def _render(report: PlanReport) -> None:
             )
 
 
-def plan_command(
-    preset: Annotated[
-        str | None, typer.Argument(help="A preset name or YAML file; flags override it.")
-    ] = None,
-    model: Annotated[
-        str | None, typer.Option("--model", help="Hub id, local folder or config.json.")
-    ] = None,
-    method: Annotated[
-        list[str] | None,
-        typer.Option("--method", help="full, lora or qlora (repeat; default: all)."),
-    ] = None,
-    trainer: Annotated[str | None, typer.Option("--trainer", help="sft or dpo.")] = None,
-    gpu: Annotated[
-        str | None, typer.Option("--gpu", help="GPU name (default: the detected one).")
-    ] = None,
-    gpu_memory: Annotated[
-        float | None, typer.Option("--gpu-memory", help="GiB of a custom GPU.")
-    ] = None,
-    num_gpus: Annotated[int | None, typer.Option("--num-gpus", help="GPUs per run.")] = None,
-    strategy: Annotated[
-        str | None, typer.Option("--strategy", help="ddp, fsdp, zero2 or zero3.")
-    ] = None,
-    seq_len: Annotated[int | None, typer.Option("--seq-len", help="Tokens per sequence.")] = None,
-    micro_batch: Annotated[
-        int | None, typer.Option("--micro-batch", help="Sequences per GPU step.")
-    ] = None,
-    grad_accum: Annotated[
-        int | None, typer.Option("--grad-accum", help="Accumulation steps.")
-    ] = None,
-    grad_ckpt: Annotated[
-        bool | None, typer.Option("--grad-ckpt/--no-grad-ckpt", help="Gradient checkpointing.")
-    ] = None,
-    attn: Annotated[str | None, typer.Option("--attn", help="sdpa, flash or eager.")] = None,
-    precision: Annotated[
-        str | None, typer.Option("--precision", help="bf16, bf16-mixed, fp16-mixed or fp32.")
-    ] = None,
-    optimizer: Annotated[str | None, typer.Option("--optimizer", help="TRL optim name.")] = None,
-    lora_r: Annotated[int | None, typer.Option("--lora-r", help="LoRA rank.")] = None,
-    lora_targets: Annotated[
-        str | None, typer.Option("--lora-targets", help="q,v | all-linear | module names.")
-    ] = None,
-    quant: Annotated[str | None, typer.Option("--quant", help="nf4 or nf4-dq.")] = None,
-    liger: Annotated[bool | None, typer.Option("--liger/--no-liger", help="Liger kernels.")] = None,
-    examples: Annotated[int | None, typer.Option("--examples", help="Training examples.")] = None,
-    avg_tokens: Annotated[
-        int | None, typer.Option("--avg-tokens", help="Mean tokens per example.")
-    ] = None,
-    dataset: Annotated[
-        str | None, typer.Option("--dataset", help="JSONL/JSON file to size.")
-    ] = None,
-    epochs: Annotated[float | None, typer.Option("--epochs", help="Passes over the data.")] = None,
-    price: Annotated[float | None, typer.Option("--price", help="USD per GPU-hour.")] = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Preset override key=value (repeatable).")
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
-    """Memory, time and cost of full fine-tuning, LoRA and QLoRA, and which to use."""
+class _Parser(argparse.ArgumentParser):
+    """argparse with tunedeck's error style: `error: ...` on stderr, exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"tunedeck plan: {message} (see tunedeck plan --help)")
+
+
+def _whole_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    return value
+
+
+def _parser() -> _Parser:
+    p = _Parser(
+        prog="tunedeck plan",
+        description="Memory, time and cost of full fine-tuning, LoRA and QLoRA, and which to "
+        "use. Give a model (--model) or a preset name or file; flags override the preset.",
+    )
+    p.add_argument("preset", nargs="?", help="a preset name or YAML file")
+    p.add_argument("--model", help="hub id, local model folder or config.json")
+    p.add_argument(
+        "--method",
+        action="append",
+        help="full, lora or qlora (repeat or comma-separate; default: all)",
+    )
+    p.add_argument("--trainer", help="sft or dpo")
+    p.add_argument(
+        "--gpu", help="GPU name, e.g. H100, 'A100 40GB', RTX 4090 (default: the detected one)"
+    )
+    p.add_argument("--gpu-memory", type=float, help="GiB of a custom GPU")
+    p.add_argument("--num-gpus", type=_whole_number, help="GPUs per run")
+    p.add_argument("--strategy", help="ddp, fsdp, zero2 or zero3")
+    p.add_argument("--seq-len", type=_whole_number, help="tokens per sequence (max_length)")
+    p.add_argument("--micro-batch", type=_whole_number, help="sequences per GPU per step")
+    p.add_argument("--grad-accum", type=_whole_number, help="gradient accumulation steps")
+    p.add_argument(
+        "--grad-ckpt", action=argparse.BooleanOptionalAction, help="gradient checkpointing"
+    )
+    p.add_argument("--attn", help="sdpa, flash or eager")
+    p.add_argument(
+        "--precision",
+        help="bf16 (weights and states in bf16, as TRL trains a bf16 checkpoint), bf16-mixed, fp16-mixed or fp32",
+    )
+    p.add_argument(
+        "--optimizer",
+        help="TRL optim name, e.g. adamw_torch_fused, adamw_8bit, paged_adamw_8bit, adafactor",
+    )
+    p.add_argument("--lora-r", type=_whole_number, help="LoRA rank")
+    p.add_argument(
+        "--lora-targets", help="q,v | all-linear | module names (q,k,v,o,gate,up,down accepted)"
+    )
+    p.add_argument("--quant", help="nf4 or nf4-dq (double quantisation)")
+    p.add_argument("--liger", action=argparse.BooleanOptionalAction, help="Liger kernels")
+    p.add_argument("--examples", type=_whole_number, help="training examples")
+    p.add_argument("--avg-tokens", type=_whole_number, help="mean tokens per example")
+    p.add_argument("--dataset", help="a JSONL/JSON file to size (rows and approximate tokens)")
+    p.add_argument("--epochs", type=float, help="passes over the data")
+    p.add_argument("--price", type=float, help="USD per GPU-hour (default: the catalogue's)")
+    p.add_argument(
+        "--set",
+        dest="set_",
+        action="append",
+        default=[],
+        help="preset override key=value (repeatable)",
+    )
+    p.add_argument("--json", dest="as_json", action="store_true", help="print JSON")
+    return p
+
+
+def plan_command(ctx: typer.Context) -> None:
+    """Memory, time and cost of full fine-tuning, LoRA and QLoRA, and which to use
+    (`tunedeck plan --help` for the flags)."""
+    # The flags are parsed here rather than declared to typer: typer builds a validator per
+    # declared option on every call, which alone took longer than the whole plan.
+    a = _parser().parse_args(ctx.args)
+    preset, model, trainer, gpu = a.preset, a.model, a.trainer, a.gpu
+    method = (
+        [m.strip() for item in a.method for m in item.split(",") if m.strip()] if a.method else None
+    )
+    gpu_memory, num_gpus, strategy = a.gpu_memory, a.num_gpus, a.strategy
+    seq_len, micro_batch, grad_accum, grad_ckpt = (
+        a.seq_len,
+        a.micro_batch,
+        a.grad_accum,
+        a.grad_ckpt,
+    )
+    attn, precision, optimizer, lora_r = a.attn, a.precision, a.optimizer, a.lora_r
+    lora_targets, quant, liger = a.lora_targets, a.quant, a.liger
+    examples, avg_tokens, dataset, epochs, price = (
+        a.examples,
+        a.avg_tokens,
+        a.dataset,
+        a.epochs,
+        a.price,
+    )
+    set_, as_json = a.set_, a.as_json
     from planner import PlanError, PlanRequest, plan, request_from_preset
 
     if dataset is not None:
@@ -279,4 +321,8 @@ def plan_command(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("plan")(plan_command)
+    app.command(
+        "plan",
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+        add_help_option=False,
+    )(plan_command)
