@@ -41,6 +41,7 @@ from runner.runs import (
 
 if TYPE_CHECKING:
     from presets.schema import Preset
+    from runner.gpu import GpuSource
 
 STOP_REQUEST_FILE = "stop-requested"  # same name as runner.train's, which cannot be imported here
 # torchrun gives its workers this long after a SIGTERM before it kills them; a checkpoint of a
@@ -146,12 +147,13 @@ def _data_problems(report: Any, what: str, pf: Preflight) -> None:
     pf.warnings += [f"{what}: {line}" for line in report.warnings[:5]]
 
 
-def _check_fit(preset: Preset, pf: Preflight) -> None:
+def _check_fit(preset: Preset, pf: Preflight, gpu_source: GpuSource | None) -> None:
     from runner.gpu import GpuSource
 
-    source = GpuSource()
+    source = gpu_source or GpuSource()
     snap = source.snapshot()
-    source.close()
+    if gpu_source is None:
+        source.close()
     gpus = snap.gpus if snap.available else ()
     pf.gpu_count = len(gpus)
     if not gpus:
@@ -168,6 +170,7 @@ def _check_fit(preset: Preset, pf: Preflight) -> None:
         report = plan(
             request_from_preset(
                 preset,
+                gpu=gpus[0].name if preset.gpu is None else None,
                 gpu_memory_gib=gpus[0].memory_total_gib,
                 num_gpus=min(len(gpus), preset.launch.num_gpus),
             )
@@ -194,15 +197,18 @@ def _check_fit(preset: Preset, pf: Preflight) -> None:
         pf.fit_check = "fits"
 
 
-def preflight(preset: Preset, check_data: bool = True) -> Preflight:
-    """Check the model, the data and the fit before launching; never raises for bad input."""
+def preflight(
+    preset: Preset, check_data: bool = True, gpu_source: GpuSource | None = None
+) -> Preflight:
+    """Check the model, the data and the fit on the detected GPUs (`gpu_source`, default the
+    real NVML) before launching; never raises for bad input."""
     pf = Preflight()
     _check_model(preset, pf)
     if check_data:
         _check_data(preset, pf)
     if preset.launch.num_gpus > 1 and preset.launch.strategy == "single":
         pf.problems.append("launch.strategy single runs one process; use ddp for several")
-    _check_fit(preset, pf)
+    _check_fit(preset, pf, gpu_source)
     return pf
 
 
@@ -333,12 +339,13 @@ def launch(
     force: bool = False,
     auto_resume: bool | None = None,
     dist: Distributed | None = None,
+    gpu_source: GpuSource | None = None,
 ) -> LaunchResult:
     """Check, create the run folder, start the training detached and return at once."""
     from presets.store import preset_to_yaml, write_atomic
 
     dist = dist or Distributed(nnodes=preset.launch.nnodes)
-    pf = preflight(preset)
+    pf = preflight(preset, gpu_source=gpu_source)
     problems = list(pf.problems)
     warnings = list(pf.warnings)
     fit_check = pf.fit_check
