@@ -62,3 +62,11 @@ async def wait_for(pilot: Any, predicate: Any, timeout_s: float = 3.0) -> bool:
             return True
         await pilot.pause(0.05)
     return bool(predicate())
+
+
+async def shows(pilot: Any, *texts: str, timeout_s: float = 3.0) -> bool:
+    """Wait until every one of `texts` is on the screen (a widget's new text can take a
+    refresh or two to reach the screen)."""
+    return await wait_for(
+        pilot, lambda: all(t in screen_text(pilot.app) for t in texts), timeout_s=timeout_s
+    )

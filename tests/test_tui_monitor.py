@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from fake_nvml import two_h100s
-from test_tui_helpers import make_app, screen_text, wait_for
+from test_tui_helpers import make_app, screen_text, shows, wait_for
 
 from runner.runs import RunState, RunStore, now_iso, write_state
 from tui.screens.monitor import MonitorScreen
@@ -75,10 +75,7 @@ async def test_monitor_shows_metrics_and_log_lines_appended_after_it_opened(
     app = make_app(two_h100s(), root, store=RunStore(root), watch_run="sft-1")
     async with app.run_test(size=(100, 30)) as pilot:
         assert await wait_for(pilot, lambda: "log line 000049" in screen_text(app))
-        assert await wait_for(pilot, lambda: "loss 2.9" in screen_text(app))
-        text = screen_text(app)
-        assert "sft-1" in text and "running" in text and "step 10/100" in text
-        assert "plan 20.0 GiB" in text
+        assert await shows(pilot, "loss 2.9", "sft-1", "running", "step 10/100", "plan 20.0 GiB")
         screen = app.screen
         assert isinstance(screen, MonitorScreen)
         assert len(screen.metrics.train_loss) == 10
@@ -88,11 +85,9 @@ async def test_monitor_shows_metrics_and_log_lines_appended_after_it_opened(
             fh.write(json.dumps({"step": 11, "eval_loss": 1.5}) + "\n")
         with (run_dir / "train.log").open("a") as fh:
             fh.write("appended after open\n")
-        assert await wait_for(pilot, lambda: "loss 1.23" in screen_text(app))
-        assert await wait_for(pilot, lambda: "appended after open" in screen_text(app))
-        text = screen_text(app)
-        assert "eval 1.5" in text
-        assert "23.5 GiB measured" in text and "(+18 %)" in text
+        assert await shows(
+            pilot, "loss 1.23", "appended after open", "eval 1.5", "23.5 GiB measured", "(+18 %)"
+        )
         assert len(screen.metrics.train_loss) == 11
         assert screen.metrics.eval_loss.last == 1.5
 
@@ -117,7 +112,7 @@ async def test_log_pane_scrolls_back_to_the_start_and_searches(
                 break
         assert await wait_for(pilot, lambda: pane.lines[0].offset < first_read)
         assert len(pane.lines) > 127
-        assert "scrolled" in screen_text(app)
+        assert await shows(pilot, "scrolled")
         assert "log line 069999" not in screen_text(app)
         # Home jumps to the first line of the file.
         await pilot.press("home")
@@ -146,17 +141,13 @@ async def test_interrupted_and_rising_eval_read_as_words(tmp_path: Path) -> None
     make_run(root, "pre-1", pid=dead.pid, step=30, records=records)
     app = make_app(two_h100s(), root, store=RunStore(root), watch_run="pre-1")
     async with app.run_test(size=(100, 30)) as pilot:
-        assert await wait_for(pilot, lambda: "interrupted" in screen_text(app))
-        text = screen_text(app)
-        assert "[r] resumes" in text
-        assert "eval loss rising 1.900 → 2.050" in text
+        assert await shows(pilot, "interrupted", "[r] resumes", "eval loss rising 1.900 → 2.050")
         await pilot.press("s")  # not running: nothing to stop, no dialog
         await pilot.pause()
         assert isinstance(app.screen, MonitorScreen)
         await pilot.press("b")
         assert await wait_for(pilot, lambda: "Runs" in screen_text(app))
-        assert await wait_for(pilot, lambda: "pre-1" in screen_text(app))
-        assert "interrupted [r]esume" in screen_text(app)
+        assert await shows(pilot, "pre-1", "interrupted [r]esume")
 
 
 async def test_unknown_run_says_so(tmp_path: Path) -> None:

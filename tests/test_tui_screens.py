@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from fake_nvml import FakeGpu, FakeNvml, two_h100s
-from test_tui_helpers import make_app, screen_text, wait_for
+from test_tui_helpers import make_app, screen_text, shows, wait_for
 
 from planner import PlanRequest, plan
 from presets import load_preset
@@ -153,8 +153,7 @@ async def test_editor_shows_errors_inline_and_saves_a_user_preset(home: Path) ->
 
         # The resolved YAML view shows every field, defaults included.
         await pilot.press("ctrl+y")
-        assert await wait_for(pilot, lambda: "double_quant: true" in screen_text(app))
-        assert "r: 32" in screen_text(app)
+        assert await shows(pilot, "double_quant: true", "r: 32")
 
 
 async def test_unknown_training_argument_is_shown_under_training(home: Path) -> None:
@@ -181,7 +180,7 @@ async def test_launch_creates_a_run_folder_and_opens_its_monitor(home: Path) -> 
         async with app.run_test(size=(100, 30)) as pilot:
             await pilot.press("n")
             assert await wait_for(pilot, lambda: "ready" in screen_text(app), timeout_s=20)
-            assert "data  ok" in screen_text(app)
+            assert await shows(pilot, "data  ok")
             await pilot.press("enter")
             assert await wait_for(
                 pilot, lambda: isinstance(app.screen, MonitorScreen), timeout_s=20
