@@ -442,7 +442,11 @@ def _renting(spec: ModelSpec, r: PlanRequest, targets: tuple[str, ...]) -> list[
 
 
 def _reason(
-    options: list[MethodPlan], gpu: GpuSpec | None, recommended: str | None, num_gpus: int
+    options: list[MethodPlan],
+    gpu: GpuSpec | None,
+    recommended: str | None,
+    num_gpus: int,
+    room: str = "",
 ) -> str:
     if gpu is None:
         return "no GPU detected or named: estimates for every method, and where each fits cheapest"
@@ -455,7 +459,7 @@ def _reason(
             "this GPU; see the fixes"
         )
     best = next(o for o in options if o.method == recommended)
-    text = f"{METHOD_LABELS[recommended]} fits with {best.spare_gib:.1f} GiB to spare"
+    text = f"{METHOD_LABELS[recommended]} fits with {best.spare_gib:.1f} GiB to spare{room}"
     others = []
     for o in options:
         if o.method == recommended:
@@ -468,11 +472,28 @@ def _reason(
         else:
             change = o.tokens_per_s / best.tokens_per_s - 1 if best.tokens_per_s else 0.0
             pace = f"{abs(100 * change):.0f} % {'faster' if change > 0 else 'slower'}"
-            if o.method == "full" or METHODS.index(o.method) < METHODS.index(recommended):
-                others.append(f"{METHOD_LABELS[o.method]} fits too ({pace})")
-            else:
+            if recommended == "full":
+                # full trains every weight; the adapters are the cheaper alternative
+                others.append(f"{METHOD_LABELS[o.method]} also fits ({pace})")
+            elif o.method == "qlora":
                 others.append(f"{METHOD_LABELS[o.method]} saves memory not needed here ({pace})")
+            else:
+                others.append(f"{METHOD_LABELS[o.method]} fits too ({pace})")
     return text + ("; " + "; ".join(others) if others else "")
+
+
+def _batch_room(
+    spec: ModelSpec, r: PlanRequest, method: str, gpu: GpuSpec, targets: tuple[str, ...]
+) -> str:
+    """The largest micro-batch (doubling, up to 8x) that still fits: room to go faster."""
+    best = r.micro_batch
+    mb = r.micro_batch * 2
+    while mb <= r.micro_batch * 8:
+        if _fits(spec, replace(r, micro_batch=mb), method, gpu, targets) is None:
+            break
+        best = mb
+        mb *= 2
+    return f" (room for micro-batch {best})" if best > r.micro_batch else ""
 
 
 def _bf16_note(gpu: GpuSpec | None, precision: str) -> str:
@@ -503,11 +524,14 @@ def plan(request: PlanRequest) -> PlanReport:
         if fitting:
             recommended = min(fitting, key=lambda o: METHODS.index(o.method)).method
     renting = _renting(spec, request, targets)
+    room = ""
+    if gpu is not None and recommended is not None:
+        room = _batch_room(spec, request, recommended, gpu, targets)
     return PlanReport(
         request=request,
         model=spec,
         recommended=recommended,
-        reason=_reason(options, gpu, recommended, request.num_gpus)
+        reason=_reason(options, gpu, recommended, request.num_gpus, room)
         + _bf16_note(gpu, request.precision),
         options=options,
         gpu=gpu,

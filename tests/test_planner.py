@@ -132,6 +132,12 @@ def test_recommendation_and_verified_fixes() -> None:
     )
     assert report.recommended == "lora"
     assert "LoRA fits with" in report.reason and "full fine-tuning needs" in report.reason
+    if "room for micro-batch" in report.reason:  # a claim the plan must back
+        mb = int(report.reason.split("room for micro-batch ")[1].split(")")[0])
+        bigger = plan(replace(report.request, methods=("lora",), micro_batch=mb)).options[0]
+        assert bigger.fits
+        too_big = plan(replace(report.request, methods=("lora",), micro_batch=2 * mb)).options[0]
+        assert mb == 8 * report.request.micro_batch or not too_big.fits
     full = report.option("full")
     assert full.fits is False and full.fix is not None
     # the fix is real: planning what it says fits
@@ -385,3 +391,14 @@ def test_plan_command_help_lists_the_flags() -> None:
         "--json",
     ):
         assert flag in out.stdout, flag
+
+
+def test_room_for_a_bigger_micro_batch_is_real() -> None:
+    request = PlanRequest(model="meta-llama/Llama-3.1-8B", gpu="A100 40GB", micro_batch=2)
+    report = plan(request)
+    assert report.recommended == "lora"
+    mb = int(report.reason.split("room for micro-batch ")[1].split(")")[0])
+    assert mb > 2
+    assert plan(replace(request, methods=("lora",), micro_batch=mb)).options[0].fits
+    if mb < 16:
+        assert not plan(replace(request, methods=("lora",), micro_batch=2 * mb)).options[0].fits
