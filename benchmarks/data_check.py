@@ -132,6 +132,10 @@ def run_check(path: Path, model: str | None, parallel: bool) -> tuple[float, flo
         "import sys\n"
         "from runner.data import check_dataset\n"
         "r = check_dataset(sys.argv[1], model=sys.argv[2] or None, parallel=sys.argv[3] == '1')\n"
+        "from runner.data.parallel import worker_count\n"
+        "from pathlib import Path\n"
+        "used = worker_count([Path(sys.argv[1])]) if sys.argv[3] == '1' and not sys.argv[2] else 0\n"
+        "print(f'worker processes: {used or \"none (one process)\"}')\n"
         "print(r.summary_lines()[0]); print('\\n'.join(r.summary_lines()[1:4]))\n"
     )
     started = time.perf_counter()
@@ -182,10 +186,11 @@ def main() -> None:
         peak_mib = max(peak_mib, peak)
         print(summary)
     median_s = statistics.median(times)
+    print("times (s):", ", ".join(f"{t:.1f}" for t in times))
     print(
         f"rows {args.rows:,}  file {size_mb:,.0f} MB  check median {median_s:.1f} s over "
         f"{len(times)} run(s) ({size_mb / median_s:.0f} MB/s)  peak RSS {peak_mib:.0f} MiB "
-        f"(all processes)  {'single process' if args.single else 'parallel'}"
+        "(all processes)"
     )
 
 

@@ -317,3 +317,13 @@ def test_parallel_check_matches_single_process(tmp_path: Path, monkeypatch) -> N
     assert split == single
     assert single["stats"]["duplicates"]["exact"] == 5
     assert single["bad_rows"] == 2 and single["rows"] == 2998
+
+
+def test_progress_lines(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import runner.data.check as check
+
+    monkeypatch.setattr(check, "PROGRESS_ROWS", 50)
+    seen: list[str] = []
+    path = write_jsonl(tmp_path / "train.jsonl", unique_rows(120))
+    check_dataset(str(path), progress=seen.append)
+    assert seen == ["50 rows read (train.jsonl)", "100 rows read (train.jsonl)"]

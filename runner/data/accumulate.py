@@ -64,7 +64,8 @@ class Accumulator:
             self.same_pair.add(loc)
         self.turns[example.turns] += 1
         self.chars.add(len(example.prompt) + len(answer))
-        self.labels.add(answer)
+        if example.prompt:  # plain text rows have no answer to read as a label
+            self.labels.add(answer)
         encoded = orjson.dumps(example.row)
         prompt = normalise(example.prompt)
         normal_answer = normalise(answer)

@@ -36,6 +36,8 @@ from runner.data.tokens import load_tokenizer
 MIN_ROWS = {"sft": 100, "dpo": 300}
 # TRL's default `max_length` of SFTConfig and DPOConfig.
 DEFAULT_MAX_LENGTH = 1024
+# Rows between two progress reports.
+PROGRESS_ROWS = 20_000
 # A label is "dominant" when it is this many times as frequent as the rarest one.
 IMBALANCE_RATIO = 3.0
 
@@ -110,11 +112,13 @@ def check_dataset(
     eval_path: str | None = None,
     eval_fraction: float | None = None,
     parallel: bool = True,
+    progress: Callable[[str], None] | None = None,
 ) -> CheckReport:
     """Check the file, folder or hub dataset at `path` for `trainer`. Never raises for bad data:
     every problem is in the report. `model` (a local folder or a cached hub id) enables token
     lengths; `eval_path`/`eval_fraction` (from the preset) say whether eval data is planned.
-    Large JSON Lines data is checked on several processes unless `parallel` is False."""
+    Large JSON Lines data is checked on several processes unless `parallel` is False.
+    `progress`, when given, receives a short status line now and then (for a spinner)."""
     started = time.monotonic()
     report = CheckReport(path=path, trainer=trainer, format=fmt)
     usage = _usage_problem(trainer, fmt, max_length)
@@ -143,7 +147,7 @@ def check_dataset(
             return source.label(files[loc[0]], loc[1])
 
         workers = worker_count(files) if tokenizer is None and parallel else 0
-        fallback = _check_local(scanner, accumulator, source, files, workers)
+        fallback = _check_local(scanner, accumulator, source, files, workers, progress)
         if fallback:
             report.notes.append(fallback)
         if source.eval_files:
@@ -159,6 +163,8 @@ def check_dataset(
 
         for loc, example in _hub_items(scanner, hub, path):
             accumulator.add(loc, example, None)
+            if progress is not None and loc[1] % PROGRESS_ROWS == 0:
+                progress(f"{loc[1]:,} rows read")
     if eval_path and Path(eval_path).exists():
         held_out = local_source(eval_path, split_eval=False)
         eval_exact |= _eval_hashes(held_out, held_out.train_files, fmt, trainer, report)
@@ -183,6 +189,7 @@ def _check_local(
     source: LocalSource,
     files: list[Path],
     workers: int,
+    progress: Callable[[str], None] | None = None,
 ) -> str | None:
     """Feed every row of `files` to `accumulator`: here, or split over `workers` processes once
     the first usable row has settled the format and shape. Returns a note when worker
@@ -196,6 +203,8 @@ def _check_local(
             ProblemLog(keep=0),
         )
         if next(probe.scan(source, files), None) is not None:
+            if progress is not None:
+                progress(f"reading on {workers} worker processes")
             try:
                 results = check_in_parallel(source, files, probe, workers)
             except (OSError, RuntimeError) as exc:
@@ -215,6 +224,8 @@ def _check_local(
                 return None
     for path, number, example, raw in scanner.scan(source, files):
         accumulator.add((index[path], number), example, raw)
+        if progress is not None and scanner.rows % PROGRESS_ROWS == 0:
+            progress(f"{scanner.rows:,} rows read ({path.name})")
     return note
 
 

@@ -8,7 +8,15 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from tui.commands.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, console, fail, print_json
+from tui.commands.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    console,
+    err_console,
+    fail,
+    print_json,
+)
 
 data_app = typer.Typer(help="Check training data before a run.", no_args_is_help=True)
 
@@ -51,7 +59,16 @@ def check(
 
     from runner.data import check_dataset
 
-    report = check_dataset(path, trainer=trainer, model=model, max_length=max_length, fmt=fmt)
+    # A spinner on stderr while reading (Rich draws it only on a terminal; stdout stays clean
+    # for --json).
+    with err_console.status(f"checking {path}", spinner="dots") as status:
+
+        def progress(line: str) -> None:
+            status.update(f"checking {path}: {line}")
+
+        report = check_dataset(
+            path, trainer=trainer, model=model, max_length=max_length, fmt=fmt, progress=progress
+        )
     if report.usage_error:
         if as_json:
             print_json(report.to_json())
