@@ -87,7 +87,7 @@ def _hours(hours: float | None) -> str:
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
 
 
-def _render(report: PlanReport) -> None:
+def _render(report: PlanReport, data_note: str = "") -> None:
     from rich.table import Table
 
     from planner.core import METHOD_LABELS
@@ -109,7 +109,7 @@ def _render(report: PlanReport) -> None:
         + (f"  {r.num_gpus} GPUs {r.strategy}" if r.num_gpus > 1 else "")
     )
     if report.total_tokens:
-        console.print(f"data: {report.total_tokens / 1e6:,.1f} M training tokens")
+        console.print(f"data: {report.total_tokens / 1e6:,.2f} M training tokens{data_note}")
     table = Table(show_edge=False, pad_edge=False, expand=False)
     table.add_column("method")
     if report.gpu is not None:
@@ -260,8 +260,10 @@ def plan_command(ctx: typer.Context) -> None:
     set_, as_json = a.set_, a.as_json
     from planner import PlanError, PlanRequest, plan, request_from_preset
 
+    data_note = ""
     if dataset is not None:
         examples, avg_tokens = _dataset_size(dataset)
+        data_note = f" ({examples:,} rows x ~{avg_tokens} tokens, counted from characters / 4)"
     base: PlanRequest
     if preset is not None:
         from presets.store import PresetError, load_preset
@@ -317,7 +319,7 @@ def plan_command(ctx: typer.Context) -> None:
     if as_json:
         print_json(report.to_json())
         return
-    _render(report)
+    _render(report, data_note)
 
 
 def register(app: typer.Typer) -> None:
