@@ -402,3 +402,9 @@ def test_room_for_a_bigger_micro_batch_is_real() -> None:
     assert plan(replace(request, methods=("lora",), micro_batch=mb)).options[0].fits
     if mb < 16:
         assert not plan(replace(request, methods=("lora",), micro_batch=2 * mb)).options[0].fits
+
+
+def test_download_is_refused_offline_with_a_clear_message() -> None:
+    out = _cli("plan", "--model", "someone/not-here", "--download")
+    assert out.returncode == 2
+    assert "HF_HUB_OFFLINE is set" in out.stderr and "Traceback" not in out.stderr

@@ -186,3 +186,13 @@ def test_bad_config_files_are_named(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(PlanError, match=r"no config\.json"):
         load_model(str(tmp_path / "empty"))
+
+
+def test_a_model_in_the_local_hugging_face_cache(tmp_path: Path, monkeypatch) -> None:
+    config = catalogue()["Qwen/Qwen2.5-0.5B"]["config"]
+    snapshot = tmp_path / "models--someone--my-model" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text(json.dumps(config))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    spec = load_model("someone/my-model")
+    assert spec.total_params == catalogue()["Qwen/Qwen2.5-0.5B"]["published_params"]

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 
-from tui.commands.common import console, fail, print_json
+from tui.commands.common import console, err_console, fail, print_json
 
 if TYPE_CHECKING:
     from planner import PlanReport, PlanRequest
@@ -59,6 +59,25 @@ def _dataset_size(path: str) -> tuple[int, int]:
     if rows == 0:
         fail(f"--dataset {path}: no rows")
     return rows, max(1, round(chars / rows / CHARS_PER_TOKEN))
+
+
+def _download_config(model: str) -> None:
+    """Only config.json, into the Hugging Face cache where the planner then finds it."""
+    import os
+
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        fail(f"--download {model}: HF_HUB_OFFLINE is set; unset it or copy the config.json here")
+    try:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import HfHubHTTPError
+    except ImportError:
+        fail("--download needs huggingface_hub (pip install huggingface_hub)")
+    err_console.print(f"fetching {model}/config.json ...")
+    try:
+        hf_hub_download(model, "config.json", etag_timeout=5)
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        fail(f"--download {model}: could not fetch config.json ({first})")
 
 
 def _detected_gpu() -> tuple[str | None, float | None, int]:
@@ -227,6 +246,11 @@ def _parser() -> _Parser:
         default=[],
         help="preset override key=value (repeatable)",
     )
+    p.add_argument(
+        "--download",
+        action="store_true",
+        help="fetch only config.json of a hub model the catalogue lacks into the Hugging Face cache",
+    )
     p.add_argument("--json", dest="as_json", action="store_true", help="print JSON")
     return p
 
@@ -312,6 +336,12 @@ def plan_command(ctx: typer.Context) -> None:
         name, memory, _count = _detected_gpu()
         if name is not None:
             request = replace(request, gpu=name, gpu_memory_gib=memory)
+    if a.download:
+        from planner.arch import catalogue
+
+        path = Path(request.model).expanduser()
+        if not path.exists() and request.model not in catalogue():
+            _download_config(request.model)
     try:
         report = plan(request)
     except PlanError as exc:
