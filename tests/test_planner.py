@@ -30,6 +30,8 @@ GPU_NAMES = {
     "Tesla T4": "T4",
     "NVIDIA L40S": "L40S",
     "NVIDIA L4": "L4",
+    "NVIDIA L40": "L40",
+    "NVIDIA A40": "A40",
     "NVIDIA A10G": "A10G",
     "NVIDIA H200": "H200",
     "NVIDIA B200": "B200",
