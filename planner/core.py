@@ -441,6 +441,15 @@ def _renting(spec: ModelSpec, r: PlanRequest, targets: tuple[str, ...]) -> list[
     return out
 
 
+def _shortfall(peak_gib: float, gpu: GpuSpec) -> str:
+    if peak_gib > gpu.memory_gib:
+        return f"needs {peak_gib:.1f} GiB, {peak_gib / gpu.memory_gib:.2f}x this GPU"
+    return (
+        f"needs {peak_gib:.1f} GiB of {gpu.memory_gib:.1f}, less than the "
+        f"{100 * HEADROOM:.0f} % headroom a run needs"
+    )
+
+
 def _reason(
     options: list[MethodPlan],
     gpu: GpuSpec | None,
@@ -454,9 +463,8 @@ def _reason(
     if recommended is None:
         smallest = min(options, key=lambda o: o.device_peak_gib)
         return (
-            f"nothing fits on {where}: {METHOD_LABELS[smallest.method]} needs "
-            f"{smallest.device_peak_gib:.1f} GiB, {smallest.device_peak_gib / gpu.memory_gib:.2f}x "
-            "this GPU; see the fixes"
+            f"nothing fits on {where}: {METHOD_LABELS[smallest.method]} "
+            f"{_shortfall(smallest.device_peak_gib, gpu)}; see the fixes"
         )
     best = next(o for o in options if o.method == recommended)
     text = f"{METHOD_LABELS[recommended]} fits with {best.spare_gib:.1f} GiB to spare{room}"
@@ -465,10 +473,7 @@ def _reason(
         if o.method == recommended:
             continue
         if not o.fits:
-            others.append(
-                f"{METHOD_LABELS[o.method]} needs {o.device_peak_gib:.1f} GiB, "
-                f"{o.device_peak_gib / gpu.memory_gib:.2f}x this GPU"
-            )
+            others.append(f"{METHOD_LABELS[o.method]} {_shortfall(o.device_peak_gib, gpu)}")
         else:
             change = o.tokens_per_s / best.tokens_per_s - 1 if best.tokens_per_s else 0.0
             pace = f"{abs(100 * change):.0f} % {'faster' if change > 0 else 'slower'}"
