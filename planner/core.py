@@ -326,67 +326,90 @@ def _fmt_hours(hours: float | None) -> str:
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
 
 
+def _describe(r: PlanRequest, trial: PlanRequest, method: str, new_method: str) -> str:
+    """What changed from the request, in the words (and flags) a user would use."""
+    parts = []
+    if new_method != method:
+        parts.append(f"{METHOD_LABELS[new_method]} instead of {METHOD_LABELS[method]}")
+    if trial.micro_batch != r.micro_batch:
+        parts.append(
+            f"micro-batch {trial.micro_batch} x accumulation {trial.grad_accum} "
+            "(same effective batch)"
+        )
+    if trial.grad_ckpt and not r.grad_ckpt:
+        parts.append("gradient checkpointing (--grad-ckpt)")
+    if trial.optimizer != r.optimizer:
+        parts.append(f"the 8-bit optimizer (--optimizer {trial.optimizer})")
+    if trial.liger and not r.liger:
+        parts.append("Liger kernels (--liger)")
+    if trial.seq_len != r.seq_len:
+        parts.append(f"a shorter sequence (--seq-len {trial.seq_len})")
+    return " + ".join(parts)
+
+
 def _find_fix(
     spec: ModelSpec, r: PlanRequest, method: str, gpu: GpuSpec, targets: tuple[str, ...]
 ) -> str | None:
-    """The cheapest change that makes `method` fit, checked by planning it again."""
-    candidates: list[tuple[str, PlanRequest, str]] = []
+    """The cheapest change that makes `method` fit, checked by planning it again. Changes
+    that keep the training the same come first (a smaller micro-batch with more accumulation,
+    checkpointing, the 8-bit optimizer, Liger's kernels), then a shorter sequence, QLoRA,
+    and more GPUs."""
+
+    def halvings(base: PlanRequest) -> list[PlanRequest]:
+        out = []
+        mb = base.micro_batch
+        while mb > 1:
+            mb //= 2
+            out.append(replace(base, micro_batch=mb, grad_accum=r.micro_batch * r.grad_accum // mb))
+        return out
+
+    trials: list[tuple[PlanRequest, str]] = [(t, method) for t in halvings(r)]
     step = r
     if not r.grad_ckpt:
-        step = replace(step, grad_ckpt=True)
-        candidates.append(("gradient checkpointing on (--grad-ckpt)", step, method))
-    mb = step.micro_batch
-    while mb > 1:
-        mb //= 2
-        ga = step.grad_accum * (step.micro_batch // mb)
-        trial = replace(step, micro_batch=mb, grad_accum=ga)
-        what = f"micro-batch {mb} x accumulation {ga} (same effective batch)"
-        if step is not r:
-            what = "gradient checkpointing and " + what
-        candidates.append((what, trial, method))
+        step = replace(r, grad_ckpt=True)
+        trials += [(t, method) for t in [step, *halvings(step)]]
     step = replace(step, micro_batch=1, grad_accum=r.micro_batch * r.grad_accum)
-    if method == "full" and not r.optimizer.endswith("8bit"):
-        candidates.append(
-            (
-                "the 8-bit optimizer (--optimizer adamw_8bit) with the changes above",
-                replace(step, optimizer="adamw_8bit"),
-                method,
-            )
-        )
+    if method == "full" and "8bit" not in r.optimizer:
         step = replace(step, optimizer="adamw_8bit")
+        trials.append((step, method))
     if not r.liger:
-        candidates.append(
-            ("Liger kernels (--liger) with the changes above", replace(step, liger=True), method)
-        )
+        step = replace(step, liger=True)
+        trials.append((step, method))
     seq = r.seq_len
     while seq > 512:
         seq //= 2
-        candidates.append(
-            (
-                f"a shorter sequence: --seq-len {seq} (with the changes above)",
-                replace(step, seq_len=seq),
-                method,
-            )
-        )
+        trials.append((replace(step, seq_len=seq), method))
     if method == "lora":
-        candidates.append(("QLoRA instead of LoRA (4-bit base)", r, "qlora"))
-    for what, trial, m in candidates:
+        trials += [(r, "qlora"), (replace(r, grad_ckpt=True), "qlora")]
+    for trial, m in trials:
         peak = _fits(spec, trial, m, gpu, targets)
         if peak is not None:
-            return f"{what}: {peak:.1f} GiB"
+            return f"{_describe(r, trial, method, m)}: {peak:.1f} GiB"
+    effective = r.micro_batch * r.grad_accum * r.num_gpus
     for count in GPU_COUNTS:
         if count <= r.num_gpus:
             continue
-        trial = replace(r, num_gpus=count, strategy="fsdp")
-        peak = _fits(spec, trial, method, gpu, targets)
-        if peak is not None:
+        for mb, ckpt in ((r.micro_batch, r.grad_ckpt), (1, True)):
+            # keep the effective batch (micro-batch x accumulation x GPUs) where it divides
+            ga = max(1, effective // (mb * count))
+            trial = replace(
+                r, num_gpus=count, strategy="fsdp", micro_batch=mb, grad_accum=ga, grad_ckpt=ckpt
+            )
+            peak = _fits(spec, trial, method, gpu, targets)
+            if peak is None:
+                continue
             plan, _ = _one(spec, trial, method, gpu, targets)
             extra = ""
             if plan.hours is not None:
                 extra = f", {_fmt_hours(plan.hours)}"
                 if plan.cost_usd is not None:
                     extra += f", ${plan.cost_usd:,.2f}"
-            return f"{count}x {gpu.name} with FSDP: {peak:.1f} GiB per GPU{extra}"
+            what = f"{count}x {gpu.name} with FSDP, micro-batch {mb} x accumulation {ga}"
+            if mb * ga * count != effective:
+                what += f" (effective batch {mb * ga * count} instead of {effective})"
+            if ckpt and not r.grad_ckpt:
+                what += " + gradient checkpointing (--grad-ckpt)"
+            return f"{what}: {peak:.1f} GiB per GPU{extra}"
     return f"nothing tried fits on up to {GPU_COUNTS[-1]}x {gpu.name}; see the renting view"
 
 

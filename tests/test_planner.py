@@ -145,8 +145,21 @@ def test_recommendation_and_verified_fixes() -> None:
     # the fix is real: planning what it says fits
     assert "4x RTX 4090 with FSDP" in full.fix or "2x RTX 4090 with FSDP" in full.fix
     count = int(full.fix.split("x ")[0])
-    fixed = plan(replace(report.request, methods=("full",), num_gpus=count, strategy="fsdp"))
+    mb = int(full.fix.split("micro-batch ")[1].split(" ")[0])
+    ga = int(full.fix.split("accumulation ")[1].split(" ")[0].rstrip(":"))
+    assert mb * ga * count == 2 * 8  # the effective batch is kept
+    fixed = plan(
+        replace(
+            report.request,
+            methods=("full",),
+            num_gpus=count,
+            strategy="fsdp",
+            micro_batch=mb,
+            grad_accum=ga,
+        )
+    )
     assert fixed.options[0].fits
+    assert f"{fixed.options[0].device_peak_gib:.1f} GiB per GPU" in full.fix
     # a micro-batch that does not fit gets the same effective batch with accumulation
     tight = plan(
         PlanRequest(
