@@ -554,6 +554,7 @@ def _resolve(model: str) -> ModelSpec:
             f"model {model!r}: not a local folder or config.json, not in the built-in "
             "catalogue and not in the Hugging Face cache"
             + (f" (close: {hint})" if hint else "")
-            + "; give a local model folder or its config.json"
+            + "; give a local model folder or its config.json (tunedeck plan --list-models "
+            "lists the catalogue; --download fetches a hub model's config.json)"
         ]
     )

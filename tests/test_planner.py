@@ -423,3 +423,13 @@ def test_download_is_refused_offline_with_a_clear_message() -> None:
     out = _cli("plan", "--model", "someone/not-here", "--download")
     assert out.returncode == 2
     assert "HF_HUB_OFFLINE is set" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_plan_command_lists_the_catalogues() -> None:
+    out = _cli("plan", "--list-models", "--list-gpus", "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert len(data["models"]) >= 30 and len(data["gpus"]) >= 15
+    assert {"model": "meta-llama/Llama-3.1-8B", "params": 8_030_261_248}.items() <= next(
+        m for m in data["models"] if m["model"] == "meta-llama/Llama-3.1-8B"
+    ).items()

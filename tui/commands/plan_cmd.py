@@ -80,6 +80,36 @@ def _download_config(model: str) -> None:
         fail(f"--download {model}: could not fetch config.json ({first})")
 
 
+def _list_catalogues(models: bool, gpus: bool, as_json: bool) -> None:
+    from planner import gpu_catalogue
+    from planner.arch import catalogue, spec_from_config
+
+    data: dict[str, Any] = {}
+    if models:
+        data["models"] = [
+            {
+                "model": key,
+                "params": spec_from_config(entry["config"], key).total_params,
+                "model_type": entry["config"]["model_type"],
+                "aliases": entry.get("aliases", []),
+            }
+            for key, entry in catalogue().items()
+        ]
+    if gpus:
+        data["gpus"] = [g.to_json() for g in gpu_catalogue()]
+    if as_json:
+        print_json(data)
+        return
+    for row in data.get("models", []):
+        console.print(f"{row['model']:55s} {row['params'] / 1e9:7.2f} B  {row['model_type']}")
+    for g in data.get("gpus", []):
+        price = f"${g['price_usd_per_h']:.2f}/h" if g["price_usd_per_h"] is not None else "-"
+        console.print(
+            f"{g['name']:12s} {g['memory_gib']:6.1f} GiB {g['tflops']:6.0f} TFLOPS "
+            f"{g['bandwidth_gbps']:6.0f} GB/s  bf16 {'yes' if g['bf16'] else 'no '}  {price}"
+        )
+
+
 def _detected_gpu() -> tuple[str | None, float | None, int]:
     from runner.gpu import GpuSource
 
@@ -251,6 +281,8 @@ def _parser() -> _Parser:
         action="store_true",
         help="fetch only config.json of a hub model the catalogue lacks into the Hugging Face cache",
     )
+    p.add_argument("--list-models", action="store_true", help="list the built-in model catalogue")
+    p.add_argument("--list-gpus", action="store_true", help="list the GPU catalogue")
     p.add_argument("--json", dest="as_json", action="store_true", help="print JSON")
     return p
 
@@ -284,6 +316,9 @@ def plan_command(ctx: typer.Context) -> None:
     set_, as_json = a.set_, a.as_json
     from planner import PlanError, PlanRequest, plan, request_from_preset
 
+    if a.list_models or a.list_gpus:
+        _list_catalogues(a.list_models, a.list_gpus, as_json)
+        return
     data_note = ""
     if dataset is not None:
         examples, avg_tokens = _dataset_size(dataset)
