@@ -155,6 +155,31 @@ def run_check(path: Path, model: str | None, parallel: bool) -> tuple[float, flo
     return wall_s, peak_bytes / 2**20, out.strip()
 
 
+BASELINE_CODE = """
+import sys, time, json
+import orjson
+loads = orjson.loads if sys.argv[2] == "orjson" else json.loads
+started = time.perf_counter()
+rows = 0
+with open(sys.argv[1], "rb") as fh:
+    for line in fh:
+        loads(line)
+        rows += 1
+print(f"{time.perf_counter() - started:.2f}")
+"""
+
+
+def run_baseline(path: Path, parser: str) -> float:
+    """Seconds for a bare read-and-parse pass over the file: the floor any check sits on."""
+    done = subprocess.run(
+        [sys.executable, "-c", BASELINE_CODE, str(path), parser],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(done.stdout.strip())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -166,6 +191,11 @@ def main() -> None:
         help="train an 8k-vocab BPE tokenizer on the file and count tokens with it",
     )
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also time a bare read + parse pass (orjson and the json module) per repeat",
+    )
     parser.add_argument(
         "--single", action="store_true", help="check in one process (no worker processes)"
     )
@@ -185,6 +215,12 @@ def main() -> None:
         times.append(wall_s)
         peak_mib = max(peak_mib, peak)
         print(summary)
+        if args.baseline:
+            bare = {name: run_baseline(path, name) for name in ("orjson", "json")}
+            print(
+                f"bare read+parse: orjson {bare['orjson']:.1f} s, json {bare['json']:.1f} s; "
+                f"check / orjson pass = {wall_s / bare['orjson']:.1f}x"
+            )
     median_s = statistics.median(times)
     print("times (s):", ", ".join(f"{t:.1f}" for t in times))
     print(

@@ -327,3 +327,11 @@ def test_progress_lines(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no
     path = write_jsonl(tmp_path / "train.jsonl", unique_rows(120))
     check_dataset(str(path), progress=seen.append)
     assert seen == ["50 rows read (train.jsonl)", "100 rows read (train.jsonl)"]
+
+
+def test_missing_eval_path_and_distinct_short_answers(tmp_path: Path) -> None:
+    rows = [chat(f"Capital number {i}?", f"City{i}") for i in range(30)]
+    path = write_jsonl(tmp_path / "qa.jsonl", rows)
+    report = check_dataset(str(path), eval_path=str(tmp_path / "nope.jsonl"))
+    assert "eval data: " in report.errors[0] and "no such file or folder" in report.errors[0]
+    assert "labels" not in report.stats  # 30 different short answers are not class labels

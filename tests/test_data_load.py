@@ -294,3 +294,22 @@ def test_eval_path_in_another_format_is_refused(tmp_path: Path) -> None:
     with pytest.raises(DataError) as info:
         load_training_data(DatasetSpec(path=str(train), eval_path=str(other)))
     assert "missing key 'prompt'" in "\n".join(info.value.lines)
+
+
+def test_csv_json_cells(tmp_path: Path) -> None:
+    path = tmp_path / "chat.csv"
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["prompt", "completion"])
+        writer.writerow(["[INST] Say hi [/INST]", "hi"])
+    train, _ = load_training_data(DatasetSpec(path=str(path)))
+    assert train[0] == {"prompt": "[INST] Say hi [/INST]", "completion": "hi"}
+    conv = tmp_path / "conv.csv"
+    with conv.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["messages"])
+        writer.writerow([json.dumps(chat("Q", "A"))])
+        writer.writerow(["[not json"])
+    with pytest.raises(DataError) as info:
+        load_training_data(DatasetSpec(path=str(conv)))
+    assert "conv.csv:3: messages: the JSON in this cell is not valid" in "\n".join(info.value.lines)

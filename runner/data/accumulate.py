@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from runner.data.formats import Example
-from runner.data.stats import EXAMPLES, Labels, Lengths, Loc, PersonalData, RowHashes, normalise
+from runner.data.stats import EXAMPLES, Labels, Lengths, Loc, PersonalData, RowHashes, squeeze
 from runner.data.tokens import TokenCounter
 
 
@@ -67,15 +67,13 @@ class Accumulator:
         if example.prompt:  # plain text rows have no answer to read as a label
             self.labels.add(answer)
         encoded = orjson.dumps(example.row)
-        prompt = normalise(example.prompt)
-        normal_answer = normalise(answer)
-        rejected = normalise(example.rejected) if example.rejected is not None else None
+        prompt = example.prompt
         self.hashes.add(
             loc,
             exact_hash(encoded),
-            hash((prompt, normal_answer, rejected)),
+            hash(squeeze(encoded)),
             hash(prompt) if prompt else 0,
-            hash(normal_answer),
+            hash(answer.strip()),
         )
         self.pii.scan(raw if raw is not None else encoded, loc)
         if self.tokens is not None:

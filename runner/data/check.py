@@ -165,9 +165,13 @@ def check_dataset(
             accumulator.add(loc, example, None)
             if progress is not None and loc[1] % PROGRESS_ROWS == 0:
                 progress(f"{loc[1]:,} rows read")
-    if eval_path and Path(eval_path).exists():
-        held_out = local_source(eval_path, split_eval=False)
-        eval_exact |= _eval_hashes(held_out, held_out.train_files, fmt, trainer, report)
+    if eval_path:
+        try:
+            held_out = local_source(eval_path, split_eval=False)
+        except SourceProblem as exc:
+            report.errors.append(f"eval data: {exc}")
+        else:
+            eval_exact |= _eval_hashes(held_out, held_out.train_files, fmt, trainer, report)
     report.rows, report.bad_rows = scanner.rows, scanner.bad_rows
     _report_checks(report, accumulator, label, max_length)
     report.errors = scanner.problems.lines() + report.errors

@@ -35,6 +35,7 @@ SNIFF_BYTES = 8192
 JSON_COLUMNS = frozenset(
     {"messages", "conversations", "prompt", "completion", "chosen", "rejected"}
 )
+CONVERSATION_COLUMNS = frozenset({"messages", "conversations"})
 EVAL_NAME = re.compile(r"(^|[-_.])(test|eval|evaluation|valid|validation|val|dev)([-_.]|$)", re.I)
 
 
@@ -341,6 +342,9 @@ def _csv(path: Path, delimiter: str) -> Iterator[Item]:
                 try:
                     row[key] = orjson.loads(cell)
                 except orjson.JSONDecodeError as exc:
+                    if key not in CONVERSATION_COLUMNS:
+                        row[key] = cell  # a prompt may well start with "[INST]"
+                        continue
                     yield (
                         start,
                         None,

@@ -21,6 +21,7 @@ from runner.data.formats import (
     FORMATS,
     Example,
     convert_row,
+    describe,
     detect_format,
     row_shape,
     shape_text,
@@ -176,7 +177,7 @@ class RowScanner:
             fmt = detect_format(row) if isinstance(row, dict) else None
             if fmt is None:
                 message = (
-                    f"row is not an object ({type(row).__name__})"
+                    f"row is {describe(row)}; expected a JSON object"
                     if not isinstance(row, dict)
                     else f"row matches no format (keys: {', '.join(map(str, list(row)[:8])) or 'none'}); "
                     + EXPECTED_FORMATS
