@@ -140,6 +140,16 @@ def _optimizer_state_bytes(optimizer: str, param_bytes: int) -> float:
     return 0.0 if value is None else value
 
 
+def adapter_bytes(s: MemorySettings) -> int:
+    """Bytes per LoRA parameter: PEFT upcasts adapters to fp32 (autocast_adapter_dtype);
+    TRL casts them back to bf16 over a 4-bit base; LitGPT keeps them in the model dtype."""
+    if s.framework == "litgpt":
+        return _weight_bytes(s.precision) if s.method == "lora" else 2
+    if s.method == "qlora" and s.framework == "trl":
+        return 2
+    return 4
+
+
 def _adafactor_state_elems(spec: ModelSpec, trainable: tuple[Linear, ...] | None) -> float:
     """Adafactor keeps a row and a column vector per matrix (no first moment by default)."""
     if trainable is not None:  # adapters: A (r x in) and B (out x r)
@@ -156,20 +166,24 @@ def _layer_activation_bytes(spec: ModelSpec, s: MemorySettings, act: int, tokens
     if not full:
         wrapped = {m.name for m in lora_modules(spec, s.lora_targets)}
 
+    ab = adapter_bytes(s) if not full else act
+
     def input_kept(roles: tuple[str, ...]) -> float:
-        """Copies of one block input kept by the linears that read it (in activation
-        units): a trainable linear keeps its input for the weight gradient, a frozen one
-        nothing (its input gradient needs only the weight). A LoRA branch keeps its
-        input, or with dropout its own dropped-out copy plus a 1-byte mask."""
+        """Bytes per element of one block input kept by the linears that read it: a
+        trainable linear keeps its input for the weight gradient, a frozen one nothing
+        (its input gradient needs only the weight). A LoRA branch casts its input to the
+        adapter dtype first (a copy per wrapped module when the adapters are fp32 over a
+        bf16 base, as PEFT makes them), and with dropout keeps its own dropped-out copy
+        plus a 1-byte mask. Checked against the tensors autograd saves (tests)."""
         readers = {m.name: m for m in spec.linears if set(m.roles) & set(roles)}
         if full:
-            return 1.0 if readers else 0.0
+            return float(act) if readers else 0.0
         hit = [name for name in readers if name in wrapped]
         if not hit:
             return 0.0
         if s.lora_dropout > 0:
-            return len(hit) * (1.0 + 0.5 * (2 / act))
-        return 1.0
+            return len(hit) * (ab + 1.0)
+        return float(ab) * (len(hit) if ab != act else 1)
 
     norms = 2 if spec.model_type not in ("gemma2", "gemma3_text") else 4
     if spec.norm_kind == "rms" and not s.liger and s.framework != "litgpt":
@@ -186,14 +200,14 @@ def _layer_activation_bytes(spec: ModelSpec, s: MemorySettings, act: int, tokens
         total = norm_bytes
 
     # Attention: inputs of the projections, q/k/v for the kernel, its output.
-    total += act * h * input_kept(("q", "k", "v"))
+    total += h * input_kept(("q", "k", "v"))
     expand_kv = spec.num_kv_heads < spec.num_heads and (
         s.attn == "eager" or (s.attn == "sdpa" and s.micro_batch > 1 and s.framework != "litgpt")
     )
     kv_saved = 2 * (q if expand_kv else kv)
     total += act * (q + kv_saved)  # rotated q, k and v kept by the attention kernel
     total += act * q  # the attention output, kept by the kernel
-    total += act * q * input_kept(("o",))  # the contiguous copy o_proj keeps
+    total += q * input_kept(("o",))  # the contiguous copy o_proj keeps
     if s.attn == "eager":
         # softmax kept in fp32 and its bf16 copy for the value product, per head and key
         total += 6 * spec.num_heads * s.seq_len
@@ -201,13 +215,13 @@ def _layer_activation_bytes(spec: ModelSpec, s: MemorySettings, act: int, tokens
     # MLP.
     width = spec.mlp_width
     up_in = input_kept(("gate", "up")) if spec.mlp_gated else input_kept(("up",))
-    total += act * h * up_in
+    total += h * up_in
     if spec.mlp_gated:
         # gate and up outputs; SiLU(gate) kept for the product (Liger recomputes it)
         total += act * width * (2 if s.liger else 3)
     else:
         total += act * width * (3 if spec.model_type == "phi" else 1)  # tanh-GELU in parts
-    total += act * width * input_kept(("down",))
+    total += width * input_kept(("down",))
     if spec.num_experts:
         total += act * h * spec.experts_per_token  # tokens gathered per expert
     return total * tokens
@@ -247,11 +261,7 @@ def estimate_memory(spec: ModelSpec, s: MemorySettings) -> MemoryEstimate:
             trainable += s.lora_r * spec.all_linear_extra_per_rank
         trainable *= spec.num_layers
         base_w = _weight_bytes(s.precision)
-        # PEFT upcasts adapters to fp32 (autocast_adapter_dtype); TRL casts them back to
-        # bf16 over a 4-bit base; LitGPT keeps them in the model dtype.
-        adapter_w = 4
-        if s.framework == "litgpt" or (s.method == "qlora" and s.framework == "trl"):
-            adapter_w = base_w if s.method == "lora" else 2
+        adapter_w = adapter_bytes(s)
         if s.method == "qlora":
             quantized = spec.quantizable_params
             parts["weights"] = (quantized * NF4_BYTES[s.quant] + (p_total - quantized) * 2) / shard
