@@ -280,18 +280,18 @@ def spec_from_config(cfg: dict[str, Any], name: str, where: str | None = None) -
         tied_embeddings=tied,
     )
     if model_type in _LLAMA_LIKE:
-        qkv_bias = bool(_get(cfg, "attention_bias", default=model_type == "qwen2_moe"))
-        if model_type == "qwen2":
-            qkv_bias = True
+        # Qwen2 (and its MoE) put biases on q, k and v only; Llama's attention_bias covers
+        # all four projections.
+        qwen = model_type in ("qwen2", "qwen2_moe")
+        qkv_bias = qwen or bool(_get(cfg, "attention_bias", default=False))
+        o_bias = qkv_bias and not qwen
         mlp_bias = bool(_get(cfg, "mlp_bias", default=False))
         attn = (
             Linear("q_proj", ("q",), h, q_dim, qkv_bias, "attention"),
             Linear("k_proj", ("k",), h, kv_dim, qkv_bias, "attention"),
             Linear("v_proj", ("v",), h, kv_dim, qkv_bias, "attention"),
-            Linear("o_proj", ("o",), q_dim, h, qkv_bias and model_type != "qwen2_moe", "attention"),
+            Linear("o_proj", ("o",), q_dim, h, o_bias, "attention"),
         )
-        if model_type == "qwen2":
-            attn = (*attn[:3], Linear("o_proj", ("o",), q_dim, h, False, "attention"))
         norms = 2 * h
         if model_type in ("gemma2", "gemma3_text"):
             norms = 4 * h
