@@ -26,7 +26,7 @@ async def test_home_shows_each_gpu_and_the_host(tmp_path: Path) -> None:
             "idle",  # GPU 1 runs nothing
             "gpu-box-7",
             "64 cores",
-            "412 / 503 GiB free",
+            "412/503 GiB free",
         )
 
 
@@ -65,8 +65,9 @@ async def test_a_slow_nvml_never_blocks_the_screen(tmp_path: Path) -> None:
         try:
             started = time.monotonic()
             await pilot.press("e")  # the UI still answers keys and draws
-            assert await wait_for(pilot, lambda: "presets" in screen_text(app), timeout_s=5)
-            assert time.monotonic() - started < 2.0
+            assert await wait_for(pilot, lambda: "presets" in screen_text(app), timeout_s=10)
+            # Far less than one hung call: the UI never waited on NVML.
+            assert time.monotonic() - started < 5.0
             assert "GPU" not in screen_text(app)  # the preset editor replaced home
         finally:
             nvml.release()

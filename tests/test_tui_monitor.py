@@ -147,7 +147,7 @@ async def test_interrupted_and_rising_eval_read_as_words(tmp_path: Path) -> None
         assert isinstance(app.screen, MonitorScreen)
         await pilot.press("b")
         assert await wait_for(pilot, lambda: "Runs" in screen_text(app))
-        assert await shows(pilot, "pre-1", "interrupted [r]esume")
+        assert await shows(pilot, "pre-1", "interrupted (r)")
 
 
 async def test_unknown_run_says_so(tmp_path: Path) -> None:

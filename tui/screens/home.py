@@ -33,7 +33,7 @@ def run_row(summary: Any) -> tuple[Text, ...]:
     state = summary.state
     status = Text(state.status, STATUS_STYLE.get(state.status, ""))
     if state.status == "interrupted":
-        status.append(" [r]esume", "bold")
+        status.append(" (r)", "bold")
     max_steps = count(state.max_steps) if state.max_steps else "?"
     return (
         Text(summary.run_id, no_wrap=True, overflow="ellipsis"),
@@ -75,20 +75,23 @@ class HomeScreen(Screen[None]):
 
     def on_mount(self) -> None:
         table = self.query_one("#runs", DataTable)
-        for label, key in (
-            ("run", "run"),
-            ("status", "status"),
-            ("step", "step"),
-            ("loss", "loss"),
-            ("ETA", "eta"),
-            ("spent", "spent"),
+        # The run id gives way first on a narrow terminal; the figures keep their room.
+        run_width = max(16, min(32, self.app.size.width - 66))
+        table.add_column("run", key="run", width=run_width)
+        # Fixed widths: columns do not jump as figures change, and nothing is measured late.
+        for label, key, width in (
+            ("status", "status", 15),
+            ("step", "step", 11),
+            ("loss", "loss", 6),
+            ("ETA", "eta", 6),
+            ("spent", "spent", 7),
         ):
-            table.add_column(label, key=key)
+            table.add_column(label, key=key, width=width)
         self._summaries: dict[str, Any] = {}
         self.app.telemetry_signal.subscribe(self, self._title)  # type: ignore[attr-defined]
         tel = self.app.telemetry  # type: ignore[attr-defined]
         self._title(tel)
-        self.refresh_runs()
+        # The first read comes from on_screen_resume, which also runs when the screen first shows.
         self.set_interval(RUNS_REFRESH_S, self.refresh_runs)
 
     def _title(self, tel: Telemetry | None) -> None:

@@ -65,3 +65,12 @@ def count(value: int | float | None) -> str:
     if value is None:
         return "-"
     return f"{int(value):,}"
+
+
+def size_text(value_bytes: int | float | None) -> str:
+    """`412 GiB`, `1.2 TiB`; a dash when unknown."""
+    if value_bytes is None:
+        return "-"
+    if value_bytes >= 1024**4:
+        return f"{value_bytes / 1024**4:.1f} TiB"
+    return f"{value_bytes / GIB:.0f} GiB"

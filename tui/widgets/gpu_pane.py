@@ -9,7 +9,7 @@ from textual.widget import Widget
 from textual.widgets import Static
 
 from runner.gpu import GpuInfo
-from tui.widgets.format import bar, gib
+from tui.widgets.format import bar, gib, size_text
 from tui.widgets.telemetry import Telemetry
 
 
@@ -131,11 +131,10 @@ def host_text(tel: Telemetry) -> Text:
     out.append(f" {host.hostname} · {host.cpu_cores_logical} cores")
     if tel.cpu_pct is not None:
         out.append(f" · CPU {tel.cpu_pct:.0f} %")
-    out.append(
-        f" · RAM {gib(host.ram_available_bytes, 0)} / {gib(host.ram_total_bytes, 0)} GiB free"
-    )
+    out.append(f" · RAM {gib(host.ram_available_bytes, 0)}/{gib(host.ram_total_bytes, 0)} GiB free")
     if host.disk_free_bytes is not None:
-        out.append(f" · disk {host.disk_path} {gib(host.disk_free_bytes, 0)} GiB free")
+        # The figure before the path, so a narrow terminal cuts the path, not the number.
+        out.append(f" · disk {size_text(host.disk_free_bytes)} free at {host.disk_path}")
     return out
 
 
