@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from planner.core import METHODS, PlanRequest
+from planner.core import PlanRequest
 
 if TYPE_CHECKING:  # the schema (pydantic) is loaded only by callers that have a preset
     from presets.schema import Preset
@@ -75,6 +75,3 @@ def request_from_preset(
         price_usd_per_h=preset.price_usd_per_h,
         precompute_ref=bool(t.get("precompute_ref_log_probs", False)),
     )
-
-
-__all__ = ["METHODS", "request_from_preset"]
