@@ -152,7 +152,9 @@ def check_dataset(
             report.notes.append(fallback)
         if source.eval_files:
             has_eval = True
-            eval_exact = _eval_hashes(source, source.eval_files, fmt, trainer, report)
+            eval_exact = _eval_hashes(
+                source, source.eval_files, scanner.format or fmt, trainer, report
+            )
     else:
         hub = _hub_rows(path)
         if isinstance(hub, str):
@@ -171,7 +173,9 @@ def check_dataset(
         except SourceProblem as exc:
             report.errors.append(f"eval data: {exc}")
         else:
-            eval_exact |= _eval_hashes(held_out, held_out.train_files, fmt, trainer, report)
+            eval_exact |= _eval_hashes(
+                held_out, held_out.train_files, scanner.format or fmt, trainer, report
+            )
     report.rows, report.bad_rows = scanner.rows, scanner.bad_rows
     _report_checks(report, accumulator, label, max_length)
     report.errors = scanner.problems.lines() + report.errors
@@ -180,7 +184,7 @@ def check_dataset(
     if scanner.rows == 0 and not scanner.problems:
         report.errors.append(f"empty dataset: no rows in {path}")
     elif scanner.rows == 0:
-        report.errors.append("no usable rows")
+        report.errors.append("no usable rows: every row has a problem")
     if scanner.rows:
         _dataset_warnings(report, scanner.rows, trainer, has_eval, eval_exact, accumulator.hashes)
     report.elapsed_s = time.monotonic() - started
