@@ -7,7 +7,8 @@
 Throughput is TRL's own token count over the trainer's own `train_runtime` for both, so the ratio
 isolates the per-step overhead. Pairs alternate to share the machine's noise. Run by hand:
 
-    .venv/bin/python benchmarks/runner_overhead.py --steps 200 --repeats 3
+    .venv/bin/python benchmarks/runner_overhead.py --steps 300 --repeats 5
+    .venv/bin/python benchmarks/runner_overhead.py --steps 300 --repeats 5 --together
 """
 
 from __future__ import annotations
@@ -110,7 +111,11 @@ def run_plain(demo: Path, steps: int, env: dict[str, str]) -> dict[str, float]:
             capture_output=True, text=True, env=env, check=True,
         )  # fmt: skip
         wall_s = time.monotonic() - started
-    line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
+    return _plain_result(out.stdout, wall_s)
+
+
+def _plain_result(stdout: str, wall_s: float) -> dict[str, float]:
+    line = next(x for x in stdout.splitlines() if x.startswith("RESULT "))
     result = json.loads(line.removeprefix("RESULT "))
     return {
         "tokens_per_s": result["tokens"] / result["train_runtime"],
@@ -119,10 +124,81 @@ def run_plain(demo: Path, steps: int, env: dict[str, str]) -> dict[str, float]:
     }
 
 
+def run_together(
+    home: Path, demo: Path, steps: int, name: str, env: dict[str, str]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Both ways at once: the plain script in a thread while tunedeck's run goes."""
+    import threading
+
+    box: dict[str, dict[str, float]] = {}
+
+    def plain() -> None:
+        box["plain"] = run_plain(demo, steps, env)
+
+    thread = threading.Thread(target=plain)
+    thread.start()
+    ours = run_tunedeck(home, steps, name, env)
+    thread.join()
+    return ours, box["plain"]
+
+
+CALLBACK_SCRIPT = r"""
+import json, sys, tempfile, time
+from pathlib import Path
+from transformers import TrainerControl, TrainerState
+from runner.runs import RunState, now_iso, update_state, write_state
+from runner.train_callbacks import CheckpointMarker, MetricsWriter, StopOnSignal
+
+steps = int(sys.argv[1])
+run_dir = Path(tempfile.mkdtemp())
+write_state(run_dir, RunState(run_id="bench", started_at=now_iso()))
+progress = lambda step, max_steps, extra: update_state(run_dir, durable=False, step=step)
+callbacks = [StopOnSignal(), CheckpointMarker(run_dir / "checkpoints"),
+             MetricsWriter(run_dir / "metrics.jsonl", progress, secrets=[])]
+state, control = TrainerState(), TrainerControl()
+state.max_steps = steps * 10
+callbacks[2].on_train_begin(None, state, control)
+logs = {"loss": 2.5, "grad_norm": 0.4, "learning_rate": 1e-4, "entropy": 5.0,
+        "mean_token_accuracy": 0.4, "num_tokens": 1000.0, "epoch": 0.1}
+started = time.perf_counter()
+for step in range(1, steps + 1):
+    state.global_step = step
+    for cb in callbacks:
+        cb.on_step_end(None, state, control)
+    logs["num_tokens"] += 100
+    callbacks[2].on_log(None, state, control, logs=logs)
+per_step_s = (time.perf_counter() - started) / steps
+started = time.perf_counter()
+for step in range(200):
+    progress(step, None, {})
+heartbeat_s = (time.perf_counter() - started) / 200
+print("RESULT", json.dumps({"per_step_s": per_step_s, "heartbeat_s": heartbeat_s}))
+"""
+
+
+def callback_cost_s(steps: int, env: dict[str, str]) -> tuple[float, float]:
+    """Seconds tunedeck's callbacks add to one training step (metrics line, stop and checkpoint
+    checks), and seconds of one state.json heartbeat (written at most once a second), timed
+    alone: free of the noise of whole runs."""
+    out = subprocess.run(
+        [sys.executable, "-c", CALLBACK_SCRIPT, str(steps)],
+        capture_output=True, text=True, env=env, check=True,
+    )  # fmt: skip
+    line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
+    result = json.loads(line.removeprefix("RESULT "))
+    return float(result["per_step_s"]), float(result["heartbeat_s"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--together",
+        action="store_true",
+        help="run each pair at the same time, one core each (both single-threaded), so load "
+        "from other processes on a shared machine hits both alike",
+    )
     opts = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
@@ -136,8 +212,12 @@ def main() -> None:
         demo = home / "data" / "demo"
         ours, plain = [], []
         for i in range(opts.repeats):
+            if opts.together:
+                o, p = run_together(home, demo, opts.steps, f"bench-{i}", env)
+                ours.append(o)
+                plain.append(p)
             # Alternate which goes first, so drift on a shared machine hits both alike.
-            if i % 2 == 0:
+            elif i % 2 == 0:
                 ours.append(run_tunedeck(home, opts.steps, f"bench-{i}", env))
                 plain.append(run_plain(demo, opts.steps, env))
             else:
@@ -161,6 +241,14 @@ def main() -> None:
     print(f"plain TRL      median {plain_tps:.0f} tok/s")
     print(f"ratio of medians {ours_tps / plain_tps:.3f}; median of pair ratios "
           f"{statistics.median(ratios):.3f} (target >= 0.98)")  # fmt: skip
+    step_s = int(ours[0]["tokens"]) / plain_tps / opts.steps
+    cost_s, heartbeat_s = callback_cost_s(5000, env)
+    bound = 1.0 / (1.0 + cost_s / step_s + heartbeat_s)  # heartbeats: one per second at most
+    print(
+        f"tunedeck callbacks alone: {cost_s * 1e6:.0f} us per step ({cost_s / step_s:.2%} of "
+        f"this model's {step_s * 1e3:.1f} ms step) + a {heartbeat_s * 1e3:.2f} ms heartbeat per "
+        f"second ({heartbeat_s:.2%}); throughput ratio bound {bound:.4f}"
+    )
     print(
         f"wall time, launch to done: tunedeck median "
         f"{statistics.median(r['wall_s'] for r in ours):.1f} s, plain script median "

@@ -206,8 +206,14 @@ def preflight(
     _check_model(preset, pf)
     if check_data:
         _check_data(preset, pf)
-    if preset.launch.num_gpus > 1 and preset.launch.strategy == "single":
-        pf.problems.append("launch.strategy single runs one process; use ddp for several")
+    if preset.launch.strategy == "deepspeed-zero3":
+        from importlib.util import find_spec
+
+        if find_spec("deepspeed") is None:
+            pf.problems.append(
+                "launch.strategy deepspeed-zero3 needs DeepSpeed: pip install deepspeed "
+                "(or use strategy fsdp)"
+            )
     _check_fit(preset, pf, gpu_source)
     return pf
 

@@ -70,8 +70,46 @@ def training_arguments(preset: Preset, run_dir: Path, world_size: int) -> Any:
             args.pop(key, None)
         if world_size > 1:
             args["ddp_backend"] = "gloo"
+    _distributed_strategy(preset, args)
     config_cls = DPOConfig if preset.trainer == "dpo" else SFTConfig
     return config_cls(**args)
+
+
+def _distributed_strategy(preset: Preset, args: dict[str, Any]) -> None:
+    """FSDP or DeepSpeed ZeRO-3 settings from `launch.strategy`, in transformers' own argument
+    names, unless the preset already sets them. `ddp` needs nothing: torchrun plus the Trainer
+    give data parallelism."""
+    strategy = preset.launch.strategy
+    if strategy == "fsdp" and "fsdp" not in args:
+        args["fsdp"] = True
+        config: dict[str, Any] = {
+            "version": 2,
+            "reshard_after_forward": True,  # full shard: parameters, gradients, optimizer
+            "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",  # one unit per decoder layer
+            "cpu_ram_efficient_loading": True,  # rank 0 loads, the others get shards
+            "state_dict_type": "SHARDED_STATE_DICT",  # checkpoints without gathering
+        }
+        # FSDP does its own activation checkpointing; the model-level one conflicts with it.
+        if args.pop("gradient_checkpointing", True):
+            config["activation_checkpointing"] = True
+        args["gradient_checkpointing"] = False
+        args.setdefault("fsdp_config", config)
+    elif strategy == "deepspeed-zero3" and "deepspeed" not in args:
+        # "auto" values are filled in by the Trainer from the TRL arguments.
+        args["deepspeed"] = {
+            "zero_optimization": {
+                "stage": 3,
+                "overlap_comm": True,
+                "contiguous_gradients": True,
+                "stage3_gather_16bit_weights_on_model_save": True,
+            },
+            "bf16": {"enabled": "auto"},
+            "fp16": {"enabled": "auto"},
+            "train_micro_batch_size_per_gpu": "auto",
+            "train_batch_size": "auto",
+            "gradient_accumulation_steps": "auto",
+            "gradient_clipping": "auto",
+        }
 
 
 def build_model(preset: Preset, model_path: str) -> Any:

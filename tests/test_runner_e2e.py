@@ -61,6 +61,7 @@ def wait_for(predicate: Any, timeout_s: float, what: str, poll_s: float = 0.05) 
 
 
 def step_of(run_dir: Path) -> int:
+    """The step in state.json (a heartbeat: up to a second behind)."""
     state = read_state(run_dir)
     return state.step if state else 0
 
@@ -233,6 +234,11 @@ def test_runs_lists_it_as_json(reference: Reference, tunedeck: Any) -> None:
     assert run["run_id"] == "ref" and run["status"] == "completed"
     assert run["step"] == run["max_steps"] == STEPS
     assert run["last_loss"] == reference.losses[STEPS]
+    log = tunedeck("logs", "ref", "-n", "3", env={"TUNEDECK_HOME": str(reference.home)})
+    assert log.returncode == 0 and f"completed at step {STEPS}" in log.stdout
+    assert len(log.stdout.splitlines()) == 3
+    followed = tunedeck("logs", "ref", "-f", env={"TUNEDECK_HOME": str(reference.home)})
+    assert followed.returncode == 0  # a finished run: -f prints the end and returns
 
 
 # ---------------------------------------------------------------- SIGTERM and resume

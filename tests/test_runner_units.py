@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -271,3 +272,40 @@ def test_autostart_prints_a_unit_and_a_cron_line(tunedeck_home: Path, tunedeck: 
     cron = tunedeck("autostart", "--cron")
     assert cron.returncode == 0 and cron.stdout.count("@reboot") == 1
     assert "resume --all-interrupted" in cron.stdout
+
+
+@pytest.mark.slow
+def test_a_failing_run_records_why(demo_home: Path, tunedeck: Any, tmp_path: Path) -> None:
+    """Weights missing: preflight sees a model folder, the training cannot load it."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(demo_home / "data" / "demo" / "model", model)
+    (model / "model.safetensors").unlink()
+    out = tunedeck("demo", "--name", "broken", "--json", "--set", f"model={model}")
+    assert out.returncode == 0, out.stderr
+    run_dir = Path(json.loads(out.stdout)["run_dir"])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        state = read_state(run_dir)
+        if state is not None and state.status == "failed":
+            break
+        time.sleep(0.2)
+    assert state is not None and state.status == "failed", state
+    assert state.exit_code == 1
+    assert state.failure_reason and str(model) in state.failure_reason
+    listed = tunedeck("runs")
+    assert "failed" in listed.stdout
+
+
+def test_out_of_memory_is_recognised() -> None:
+    code = (
+        "import torch\n"
+        "from runner.train import _oom\n"
+        "print(_oom(torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB')),\n"
+        "      _oom(RuntimeError('CUDA out of memory. Tried to allocate')),\n"
+        "      _oom(ValueError('bad value')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True", "False"]
