@@ -102,6 +102,8 @@ def _print_report(data: dict[str, Any]) -> None:
         f"{data['rows']:,}{bad} in {data['files']} file(s), {data['size_bytes'] / 1e6:,.1f} MB",
     )
     table.add_row("format", f"{data['format']} for {data['trainer']}")
+    if "eval_rows" in stats:
+        table.add_row("eval rows", f"{stats['eval_rows']:,}")
     tokens = stats.get("tokens")
     if tokens:
         table.add_row("tokens", _stat(tokens))
