@@ -440,6 +440,8 @@ def stop(run_dir: Path, now: bool = False) -> None:
     if status not in ACTIVE:
         raise RunError([f"{state.run_id} is not running (it is {status}); nothing to stop"])
     if process_alive(state) is None:
+        if state.pid is None:
+            raise RunError([f"{state.run_id} is still starting; try again in a moment"])
         raise RunError([f"{state.run_id} runs on {state.host}; stop it there"])
     assert state.pgid is not None  # process_alive checked the pid
     (run_dir / STOP_REQUEST_FILE).write_text(now_iso() + "\n")

@@ -44,6 +44,8 @@ OUTPUT_DIR = "output"
 
 # A run on another machine (shared volume) is believed alive while its heartbeat is this fresh.
 REMOTE_STALE_S = 600.0
+# A run folder whose process has not been recorded yet counts as starting for this long.
+STARTING_S = 30.0
 # Tail of metrics.jsonl read for a summary; enough for thousands of records.
 SUMMARY_TAIL_BYTES = 256 * 1024
 
@@ -197,7 +199,9 @@ def process_alive(state: RunState) -> bool | None:
     """Whether the run's process still exists: True, False, or None when it cannot be told
     from here (another machine whose heartbeat is recent)."""
     if state.pid is None:
-        return False
+        # Between the launcher's first write and the process start: give it a moment.
+        began = parse_iso(state.segment_started_at)
+        return None if began is not None and time.time() - began < STARTING_S else False
     if state.host and state.host != socket.gethostname():
         beat = parse_iso(state.updated_at) or parse_iso(state.segment_started_at)
         if beat is not None and time.time() - beat < REMOTE_STALE_S:

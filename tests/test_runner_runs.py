@@ -121,3 +121,10 @@ def test_store_get_unknown_and_prefix(tmp_path: Path) -> None:
         store.get("nope")
     assert "no such run" in err.value.lines[0]
     assert RunStore(tmp_path / "missing").list() == []
+
+
+def test_a_run_not_yet_started_counts_as_starting_for_a_while() -> None:
+    starting = RunState(run_id="s", status="running", pid=None, segment_started_at=now_iso())
+    assert effective_status(starting) == "running"
+    stale = starting.model_copy(update={"segment_started_at": "2026-01-01T00:00:00+00:00"})
+    assert effective_status(stale) == "interrupted"
