@@ -313,3 +313,32 @@ def test_csv_json_cells(tmp_path: Path) -> None:
     with pytest.raises(DataError) as info:
         load_training_data(DatasetSpec(path=str(conv)))
     assert "conv.csv:3: messages: the JSON in this cell is not valid" in "\n".join(info.value.lines)
+
+
+def test_format_variants(tmp_path: Path) -> None:
+    rows = [
+        {"conversations": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}
+    ]
+    train, _ = load_training_data(DatasetSpec(path=str(write_jsonl(tmp_path / "s.jsonl", rows))))
+    assert train[0]["messages"] == chat("Q", "A")
+    rows = [{"system": "S", "instruction": "I", "input": None, "output": "O"}]
+    train, _ = load_training_data(DatasetSpec(path=str(write_jsonl(tmp_path / "a.jsonl", rows))))
+    assert train[0]["messages"] == chat("I", "O", system="S")
+    # OpenAI-style content parts are joined into one string.
+    rows = [
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "text", "text": "Hel"}, {"type": "text", "text": "lo"}],
+                },
+                {"role": "assistant", "content": "Hi"},
+            ]
+        }
+    ]
+    train, _ = load_training_data(DatasetSpec(path=str(write_jsonl(tmp_path / "o.jsonl", rows))))
+    assert train[0]["messages"] == chat("Hello", "Hi")
+    # Preference pairs without a prompt train SFT on the chosen conversation.
+    rows = [{"chosen": chat("Q", "good"), "rejected": chat("Q", "bad")}]
+    train, _ = load_training_data(DatasetSpec(path=str(write_jsonl(tmp_path / "p.jsonl", rows))))
+    assert train[0] == {"messages": chat("Q", "good")}

@@ -345,7 +345,7 @@ def _preference(row: Mapping[str, Any], trainer: str) -> Example:
     else:
         out = {"messages": chosen} if conversational else {"text": chosen}
     turns = len(prompt) + len(chosen) if conversational else 1
-    issue = _role_issue(prompt + chosen) if conversational else None  # type: ignore[operator]
+    issue = _role_issue(prompt + chosen) if conversational else None
     return Example(
         out, _flat(prompt), _answer(chosen), _answer(rejected), turns, issue, conversational
     )

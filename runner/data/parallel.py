@@ -13,6 +13,7 @@ import os
 import resource
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from runner.data.accumulate import Accumulator
 from runner.data.errors import ProblemLog
@@ -72,10 +73,10 @@ def worker_count(files: list[Path]) -> int:
     return min(max(2, cores // 2), MAX_WORKERS, max(2, total // MIN_CHUNK_BYTES))
 
 
-def _next_line_start(fh: object, offset: int) -> int:
-    fh.seek(offset)  # type: ignore[attr-defined]
-    fh.readline()  # type: ignore[attr-defined]
-    return int(fh.tell())  # type: ignore[attr-defined]
+def _next_line_start(fh: BinaryIO, offset: int) -> int:
+    fh.seek(offset)
+    fh.readline()
+    return fh.tell()
 
 
 def plan_chunks(files: list[Path], workers: int) -> list[Chunk]:
