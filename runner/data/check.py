@@ -88,8 +88,10 @@ class CheckReport:
     def summary_lines(self) -> list[str]:
         """A few lines for a pre-launch screen: the verdict, the size, the lengths, the problems."""
         lines = [
-            f"data {self.path}: {self.verdict} - {self.rows:,} rows ({self.format}, "
-            f"{self.trainer}), {len(self.errors)} errors, {len(self.warnings)} warnings"
+            f"data {self.path}: {self.verdict} - {self.rows:,} {_plural('row', self.rows)} "
+            f"({self.format}, {self.trainer}), {len(self.errors)} "
+            f"{_plural('error', len(self.errors))}, {len(self.warnings)} "
+            f"{_plural('warning', len(self.warnings))}"
         ]
         tokens = self.stats.get("tokens")
         if tokens:
