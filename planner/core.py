@@ -530,6 +530,15 @@ def _bf16_note(gpu: GpuSpec | None, precision: str) -> str:
     return ""
 
 
+def _moe_note(spec: ModelSpec, r: PlanRequest) -> str:
+    if spec.num_experts and "qlora" in r.methods and r.framework in ("trl", "hf"):
+        return (
+            "; QLoRA leaves this model's fused experts in bf16 (bitsandbytes quantises "
+            "nn.Linear only under transformers 5)"
+        )
+    return ""
+
+
 def plan(request: PlanRequest) -> PlanReport:
     """Plan every requested method for a model, GPU and data size."""
     problems = _check(request)
@@ -560,7 +569,8 @@ def plan(request: PlanRequest) -> PlanReport:
         model=spec,
         recommended=recommended,
         reason=_reason(options, gpu, recommended, request.num_gpus, room)
-        + _bf16_note(gpu, request.precision),
+        + _bf16_note(gpu, request.precision)
+        + _moe_note(spec, request),
         options=options,
         gpu=gpu,
         renting=renting,

@@ -264,6 +264,11 @@ def estimate_memory(spec: ModelSpec, s: MemorySettings) -> MemoryEstimate:
         adapter_w = adapter_bytes(s)
         if s.method == "qlora":
             quantized = spec.quantizable_params
+            if s.framework in ("trl", "hf"):
+                # transformers 5 keeps MoE experts as fused 3-D weights, which bitsandbytes'
+                # 4-bit conversion (nn.Linear only) skips: they stay 16-bit
+                # (bitsandbytes#1849)
+                quantized -= spec.expert_params
             parts["weights"] = (quantized * NF4_BYTES[s.quant] + (p_total - quantized) * 2) / shard
         else:
             parts["weights"] = p_total * base_w / shard

@@ -433,3 +433,12 @@ def test_plan_command_lists_the_catalogues() -> None:
     assert {"model": "meta-llama/Llama-3.1-8B", "params": 8_030_261_248}.items() <= next(
         m for m in data["models"] if m["model"] == "meta-llama/Llama-3.1-8B"
     ).items()
+
+
+def test_qlora_of_a_fused_moe_keeps_the_experts_16_bit() -> None:
+    report = plan(PlanRequest(model="mistralai/Mixtral-8x7B-v0.1", methods=("lora", "qlora")))
+    experts_gib = report.model.expert_params * 2 / 1024**3
+    qlora = report.option("qlora")
+    assert qlora.breakdown["weights"] > experts_gib
+    assert qlora.breakdown["weights"] < report.option("lora").breakdown["weights"]
+    assert "fused experts in bf16" in report.reason
