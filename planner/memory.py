@@ -309,6 +309,12 @@ def estimate_memory(spec: ModelSpec, s: MemorySettings) -> MemoryEstimate:
     static = parts["weights"] + parts.get("adapters", 0.0) + parts.get("reference model", 0.0)
     if not paged:
         static += states
+    ddp_buckets = 0.0
+    if s.num_gpus > 1 and s.strategy == "ddp":
+        # DDP's reducer keeps its own flat buckets of every gradient for the all-reduce
+        # (gradient_as_bucket_view is off by default in accelerate)
+        ddp_buckets = grad_bytes
+        static += ddp_buckets
     grads_in_backward = grad_bytes if s.grad_accum > 1 else 0.0
     backward_peak = (
         static + parts.get("autocast copies", 0.0) + grads_in_backward + activations + loss
@@ -316,8 +322,9 @@ def estimate_memory(spec: ModelSpec, s: MemorySettings) -> MemoryEstimate:
     end_of_backward = static + grad_bytes + parts.get("autocast copies", 0.0) + layer_full
     opt_temp = 0.0
     if s.optimizer in ("adamw_torch", "adamw_hf") and not paged:
+        # the foreach step builds one temporary the size of the second moments
         opt_temp = (trainable / opt_shard) * (
-            4 if s.method != "full" else _weight_bytes(s.precision)
+            adapter_bytes(s) if s.method != "full" else _weight_bytes(s.precision)
         )
     step_peak = static + grad_bytes + opt_temp
     if shard > 1:
@@ -343,6 +350,7 @@ def estimate_memory(spec: ModelSpec, s: MemorySettings) -> MemoryEstimate:
         "activations": activations,
         "logits/loss": loss,
         "optimizer step temp": opt_temp,
+        "DDP buckets": ddp_buckets,
         "allocator": allocator,
         "CUDA context": float(CUDA_CONTEXT_BYTES),
     }

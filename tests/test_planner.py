@@ -94,6 +94,7 @@ def test_memory_terms_follow_the_settings() -> None:
     assert sharded.breakdown["optimizer"] == pytest.approx(full.breakdown["optimizer"] / 4)
     ddp = plan(replace(base, methods=("full",), num_gpus=4, strategy="ddp")).options[0]
     assert ddp.breakdown["optimizer"] == pytest.approx(full.breakdown["optimizer"])
+    assert ddp.breakdown["DDP buckets"] == pytest.approx(full.breakdown["gradients"])
     eight_bit = plan(replace(base, methods=("full",), optimizer="adamw_8bit")).options[0]
     assert eight_bit.breakdown["optimizer"] < 0.6 * full.breakdown["optimizer"]
 
