@@ -129,9 +129,15 @@ def _bar(used: float, total: float) -> str:
     return ("█" * filled + "░" * (BAR_CELLS - filled)) + ("▶" if over else " ")
 
 
+def _params(count: int) -> str:
+    return f"{count / 1e9:.2f} B" if count >= 1e9 else f"{count / 1e6:.1f} M"
+
+
 def _hours(hours: float | None) -> str:
     if hours is None:
         return "-"
+    if hours * 3600 < 60:
+        return f"{hours * 3600:.0f}s"
     minutes = round(hours * 60)
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
 
@@ -143,7 +149,7 @@ def _render(report: PlanReport, data_note: str = "") -> None:
 
     r = report.request
     spec = report.model
-    head = f"model [bold]{spec.name}[/] ({spec.total_params / 1e9:.2f} B params)"
+    head = f"model [bold]{spec.name}[/] ({_params(spec.total_params)} params)"
     if report.gpu is not None:
         price = report.gpu.price_usd_per_h
         head += f"   gpu {r.num_gpus}x {report.gpu.name} ({report.gpu.memory_gib:.1f} GiB"
