@@ -110,6 +110,9 @@ class Run:
         self.rank = int(os.environ.get("RANK", "0"))
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.is_rank0 = self.rank == 0
+        # Each machine has its own run folder (launched there with its own --node-rank): the
+        # first process of each machine keeps that folder's state; metrics come from rank 0.
+        self.writes_state = int(os.environ.get("LOCAL_RANK", "0")) == 0
         self.secrets = secret_values()
         self.segment_started_s = time.time()
 
@@ -119,7 +122,7 @@ class Run:
             print(f"tunedeck: {message}", flush=True)
 
     def set_state(self, durable: bool = True, **changes: Any) -> None:
-        if self.is_rank0:
+        if self.writes_state:
             changes["updated_at"] = now_iso()
             update_state(self.run_dir, durable=durable, **changes)
 
@@ -158,7 +161,7 @@ class Run:
         )
 
     def record_end(self, status: str, exit_code: int, reason: str | None = None, **extra: Any):
-        if not self.is_rank0:
+        if not self.writes_state:
             return
         state = read_state(self.run_dir)
         started = parse_iso(state.segment_started_at) if state else None

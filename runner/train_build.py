@@ -70,6 +70,9 @@ def training_arguments(preset: Preset, run_dir: Path, world_size: int) -> Any:
             args.pop(key, None)
         if world_size > 1:
             args["ddp_backend"] = "gloo"
+    if preset.launch.nnodes > 1:
+        # Each machine keeps its own run folder: each needs whole checkpoints to resume from.
+        args.setdefault("save_on_each_node", True)
     _distributed_strategy(preset, args)
     config_cls = DPOConfig if preset.trainer == "dpo" else SFTConfig
     return config_cls(**args)

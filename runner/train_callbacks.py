@@ -84,8 +84,10 @@ class CheckpointMarker(TrainerCallback):
         self.checkpoints_dir = checkpoints_dir
         self._on_saved = on_saved
 
-    def _mark(self, state: TrainerState, control: TrainerControl) -> None:
-        if control.should_save and state.is_world_process_zero:
+    def _mark(self, args: TrainingArguments, state: TrainerState, control: TrainerControl) -> None:
+        # `args.should_save`: the process that writes this folder (one per machine with
+        # save_on_each_node, else rank 0).
+        if control.should_save and args.should_save:
             folder = self.checkpoints_dir / f"checkpoint-{state.global_step}"
             folder.mkdir(parents=True, exist_ok=True)
             (folder / INCOMPLETE_MARKER).write_text("checkpoint being written\n")
@@ -93,19 +95,19 @@ class CheckpointMarker(TrainerCallback):
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
-        self._mark(state, control)
+        self._mark(args, state, control)
 
     def on_epoch_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
-        self._mark(state, control)
+        self._mark(args, state, control)
 
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
         if _distributed():
             dist.barrier()  # every rank has written its RNG state and shards
-        if state.is_world_process_zero:
+        if args.should_save:
             folder = self.checkpoints_dir / f"checkpoint-{state.global_step}"
             _fsync_tree(folder)
             (folder / INCOMPLETE_MARKER).unlink(missing_ok=True)

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from runner.checkpoints import INCOMPLETE_MARKER, inspect_checkpoint
+from runner.checkpoints import INCOMPLETE_MARKER, inspect_checkpoint, latest_complete
 from runner.runs import read_metrics, read_state
 
 pytestmark = pytest.mark.slow
@@ -248,11 +248,11 @@ def test_sigterm_checkpoints_and_resume_is_exact(
     reference: Reference, demo_home: Path, tunedeck: Any
 ) -> None:
     run_dir = launch_json(tunedeck, "demo", "--name", "cut", *set_args())
-    stop_at = random.Random().randint(6, 30)
-    wait_for(lambda: logged_step(run_dir) >= stop_at, 120, f"step {stop_at}", poll_s=0.005)
-    refused = tunedeck("resume", "cut")
+    refused = tunedeck("resume", "cut")  # while it loads: a second process must not start
     assert refused.returncode == 2 and "still running" in refused.stderr
     assert "Traceback" not in refused.stderr
+    stop_at = random.Random().randint(6, 30)
+    wait_for(lambda: logged_step(run_dir) >= stop_at, 120, f"step {stop_at}", poll_s=0.005)
     state = read_state(run_dir)
     assert state is not None and state.pgid
     os.killpg(state.pgid, signal.SIGTERM)
@@ -283,9 +283,13 @@ def kill_mid_checkpoint(run_dir: Path, pgid: int, timeout_s: float = 120) -> Pat
     """SIGKILL the group while a checkpoint is being written: its incomplete marker is there
     and the trainer has begun writing files next to it."""
     ckpt_dir = run_dir / "checkpoints"
+    # Wait for one complete checkpoint to exist, so there is one to fall back to.
+    before = wait_for(lambda: latest_complete(ckpt_dir), timeout_s, "a complete checkpoint", 0.005)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and not finished(run_dir):
         for folder in ckpt_dir.glob("checkpoint-*"):
+            if int(folder.name.rsplit("-", 1)[1]) <= before.step:
+                continue
             try:
                 names = {p.name for p in folder.iterdir()}
             except FileNotFoundError:
