@@ -71,3 +71,11 @@ async def test_a_slow_nvml_never_blocks_the_screen(tmp_path: Path) -> None:
             assert "GPU" not in screen_text(app)  # the preset editor replaced home
         finally:
             nvml.release()
+
+
+async def test_eight_gpus_fit_in_compact_cards(tmp_path: Path) -> None:
+    nvml = FakeNvml([FakeGpu(used_gib=10.0 * i, util_pct=10 * i) for i in range(8)])
+    app = make_app(nvml, tmp_path / "runs", poll_interval_s=0.2)
+    async with app.run_test(size=(100, 30)) as pilot:
+        assert await shows(pilot, "GPU 0", "GPU 7", "70.0 / 79.6 GiB", "70 %")
+        assert "Runs" in screen_text(app)  # the runs list keeps its place below

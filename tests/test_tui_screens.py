@@ -169,10 +169,17 @@ async def test_unknown_training_argument_is_shown_under_training(home: Path) -> 
         assert "learning_rate" in str(error.render())  # the suggestion
 
 
-async def test_launch_creates_a_run_folder_and_opens_its_monitor(home: Path) -> None:
+async def test_launch_creates_a_run_folder_then_stop_and_resume_from_the_monitor(
+    home: Path,
+) -> None:
+    from presets import derive_preset, save_user_preset
     from runner.demo import ensure_demo
 
     ensure_demo()
+    # The demo, long enough to be stopped and resumed while it trains.
+    save_user_preset(
+        derive_preset("demo-long", "demo", ["training.max_steps=3000", "training.save_steps=5"])
+    )
     root = home / "runs"
     store = RunStore(root)
     app = make_app(FakeNvml([]), root, store=store)
@@ -180,7 +187,8 @@ async def test_launch_creates_a_run_folder_and_opens_its_monitor(home: Path) -> 
         async with app.run_test(size=(100, 30)) as pilot:
             await pilot.press("n")
             assert await wait_for(pilot, lambda: "ready" in screen_text(app), timeout_s=20)
-            assert await shows(pilot, "data  ok")
+            await pilot.press("down")  # demo -> demo-long
+            assert await shows(pilot, "demo-long", "3000 steps", "ready", timeout_s=20)
             await pilot.press("enter")
             assert await wait_for(
                 pilot, lambda: isinstance(app.screen, MonitorScreen), timeout_s=20
@@ -190,9 +198,33 @@ async def test_launch_creates_a_run_folder_and_opens_its_monitor(home: Path) -> 
             run_dir = runs[0]
             assert (run_dir / "config.yaml").is_file()
             state = read_state(run_dir)
-            assert state is not None and state.preset_name == "demo"
-            assert app.screen.run == run_dir.name
-            assert await wait_for(pilot, lambda: run_dir.name in screen_text(app))
+            assert state is not None and state.preset_name == "demo-long"
+            monitor = app.screen
+            assert monitor.run == run_dir.name
+
+            # Stop asks first; n keeps it running.
+            assert await wait_for(pilot, lambda: (read_state(run_dir).step or 0) >= 6, timeout_s=60)
+            await pilot.press("s")
+            assert await shows(pilot, "Stop " + run_dir.name)
+            await pilot.press("n")
+            await pilot.pause(0.3)
+            assert read_state(run_dir).status == "running"
+            await pilot.press("s")
+            assert await shows(pilot, "Stop " + run_dir.name)
+            await pilot.press("y")
+            assert await wait_for(
+                pilot, lambda: store.get(run_dir.name).state.status == "interrupted", timeout_s=60
+            )
+            assert await shows(pilot, "interrupted", timeout_s=5)
+            stopped_at = read_state(run_dir).step
+
+            # r resumes from the checkpoint written on the way out.
+            await pilot.press("r")
+            assert await wait_for(pilot, lambda: read_state(run_dir).resumes == 1, timeout_s=20)
+            assert await wait_for(
+                pilot, lambda: (read_state(run_dir).step or 0) > stopped_at, timeout_s=60
+            )
+            assert await shows(pilot, "running", timeout_s=5)
     finally:
         for summary in store.list():
             if summary.state.status in ("running", "stopping"):

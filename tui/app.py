@@ -8,6 +8,7 @@ the newest `Telemetry`. Closing the app never stops a run: runs are detached pro
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -52,10 +53,15 @@ class TunedeckApp(App[None]):
         watch_run: str | None = None,
         poll_interval_s: float = 1.0,
         cpu_probe: Callable[[], float | None] | None = None,
+        store_factory: Callable[[], Any] | None = None,
     ) -> None:
         super().__init__()
         self.gpu_source = gpu_source
-        self.store = store
+        self._store = store
+        # Building the real store imports pydantic (~0.15 s): done off the UI thread, after the
+        # first paint, by whichever worker needs it first.
+        self._store_factory = store_factory
+        self._store_lock = threading.Lock()
         self.plan_fn = plan_fn
         self.clock = clock
         if runs_dir is None:
@@ -73,6 +79,15 @@ class TunedeckApp(App[None]):
             cpu_probe=cpu_probe,
         )
 
+    @property
+    def store(self) -> Any | None:
+        """The run store (`runner.runs.RunStore`); None when there is none."""
+        if self._store is None and self._store_factory is not None:
+            with self._store_lock:
+                if self._store is None:
+                    self._store = self._store_factory()
+        return self._store
+
     # ------------------------------------------------------------------ lifecycle
 
     def on_mount(self) -> None:
@@ -82,6 +97,12 @@ class TunedeckApp(App[None]):
         if self.watch_run is not None:
             self.open_monitor(self.watch_run)
         self._poll()
+        self.call_after_refresh(self._warm_up)
+
+    @work(thread=True, group="warm-up", exit_on_error=False)
+    def _warm_up(self) -> None:
+        """Import what later screens need while the user reads the first one."""
+        _ = self.store
 
     def on_unmount(self) -> None:
         # The poller thread waits on this event, so quitting is not held up by its 1 s sleep.
@@ -152,22 +173,21 @@ class TunedeckApp(App[None]):
         self.call_from_thread(self.notify, f"resumed {result.run_id}")
 
 
-def _default_store(runs_dir: str | None) -> Any | None:
-    from presets import locations
-
-    try:
+def _store_factory(runs_dir: str | None) -> Callable[[], Any]:
+    def make() -> Any:
+        from presets import locations
         from runner.runs import RunStore
-    except ImportError:  # the run store is a separate part; the GPU pane works without it
-        return None
-    return RunStore(locations.runs_dir(runs_dir))
+
+        return RunStore(locations.runs_dir(runs_dir))
+
+    return make
 
 
-def _default_plan() -> Callable[[Any], Any] | None:
-    try:
-        from planner import plan
-    except ImportError:
-        return None
-    return plan
+def _plan(request: Any) -> Any:
+    """`planner.plan`, imported on the first plan (from a worker), not at start-up."""
+    from planner import plan
+
+    return plan(request)
 
 
 def build_app(runs_dir: str | None = None, watch_run: str | None = None) -> TunedeckApp:
@@ -177,11 +197,12 @@ def build_app(runs_dir: str | None = None, watch_run: str | None = None) -> Tune
 
     return TunedeckApp(
         GpuSource(),
-        _default_store(runs_dir),
-        _default_plan(),
+        None,
+        _plan,
         time.time,
         runs_dir=locations.runs_dir(runs_dir),
         watch_run=watch_run,
+        store_factory=_store_factory(runs_dir),
     )
 
 

@@ -154,13 +154,8 @@ class MonitorScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        store = self.app.store  # type: ignore[attr-defined]
         search = self.query_one("#log-search", Input)
         search.display = False
-        if store is None:
-            self._header_error("the run store is not available")
-            return
-        self.feed = RunFeed(store, self.run)
         self.query_one("#monitor-gpus", Static).border_title = "GPU"
         self.app.telemetry_signal.subscribe(self, self._telemetry)  # type: ignore[attr-defined]
         tel = self.app.telemetry  # type: ignore[attr-defined]
@@ -178,7 +173,11 @@ class MonitorScreen(Screen[None]):
     @work(thread=True, exclusive=True, group="monitor-poll", exit_on_error=False)
     def _poll(self) -> None:
         if self.feed is None:
-            return
+            store = self.app.store  # type: ignore[attr-defined]
+            if store is None:
+                self.post_message(self.Polled(FeedUpdate(error="the run store is not available")))
+                return
+            self.feed = RunFeed(store, self.run)
         self._polls += 1
         with_summary = self._polls % SUMMARY_EVERY == 1 or self.summary is None
         self.post_message(self.Polled(self.feed.poll(with_summary=with_summary)))
