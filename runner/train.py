@@ -273,7 +273,7 @@ def _main(run: Run) -> int:
         )
         trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
         step = trainer.state.global_step
-        peak = {"peak_gpu_mem_gib": metrics.peak_gpu_mem_gib}
+        peak: dict[str, Any] = {"peak_gpu_mem_gib": metrics.peak_gpu_mem_gib}
         if stopper.requested or (run.run_dir / STOP_REQUEST_FILE).exists():
             if stopper.stopped_at_step is None:
                 # The signal came after the last step: the run is done, save it as such.

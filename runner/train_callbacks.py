@@ -190,13 +190,14 @@ class MetricsWriter(TrainerCallback):
                 record[key] = value if math.isfinite(value) else str(value)
             elif isinstance(value, str):
                 record[key] = redact(value, self._secrets)
-        if "num_tokens" in record and isinstance(record["num_tokens"], (int, float)):
-            record["num_tokens"] = int(record["num_tokens"]) + self.tokens_offset
+        if isinstance(record.get("num_tokens"), (int, float)):
+            tokens = int(record["num_tokens"]) + self.tokens_offset
+            record["num_tokens"] = tokens
             if self._last_tokens is not None and "loss" in record:
                 then_s, then_tokens = self._last_tokens
-                if now_s > then_s and record["num_tokens"] >= then_tokens:
-                    record["tokens_per_s"] = (record["num_tokens"] - then_tokens) / (now_s - then_s)
-                self._last_tokens = (now_s, record["num_tokens"])
+                if now_s > then_s and tokens >= then_tokens:
+                    record["tokens_per_s"] = (tokens - then_tokens) / (now_s - then_s)
+                self._last_tokens = (now_s, tokens)
         if torch.cuda.is_available():
             peak = torch.cuda.max_memory_allocated() / GIB
             self.peak_gpu_mem_gib = max(self.peak_gpu_mem_gib or 0.0, peak)

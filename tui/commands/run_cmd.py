@@ -181,7 +181,7 @@ def demo(
 def _row(s: RunSummary) -> list[str]:
     st = s.state
     step = f"{st.step}/{st.max_steps}" if st.max_steps else str(st.step)
-    status = st.status
+    status: str = st.status
     if status == "interrupted" and st.stopped_by_user:
         status = "interrupted (stopped)"
     elif status == "failed" and st.failure_reason:
