@@ -115,11 +115,12 @@ def env_for(home: Path) -> dict[str, str]:
     return {"TUNEDECK_HOME": str(home), "TERM": "xterm-256color", "PATH": os.environ["PATH"]}
 
 
-def first_paint(home: Path, repeats: int) -> list[float]:
-    """Process start to the home screen's title and GPU line on screen."""
+def first_paint(home: Path, repeats: int, command: str | None = None) -> list[float]:
+    """Process start to the home screen's title, GPU and host lines on screen. With `command`,
+    the same for a script that prints those words at once: tmux and Python start-up alone."""
     out = []
     for _ in range(repeats):
-        term = Term(f"{sys.executable} -m tui.cli", env_for(home))
+        term = Term(command or f"{sys.executable} -m tui.cli", env_for(home))
         try:
             term.wait(lambda s: "tunedeck" in s and ("GPU" in s) and "host" in s)
             out.append(time.perf_counter() - term.started)
@@ -245,6 +246,7 @@ def main() -> None:
     parser.add_argument("--log-gb", type=float, default=2.0)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--idle-s", type=float, default=20.0)
+    parser.add_argument("--paint-only", action="store_true", help="only the start-up figures")
     args = parser.parse_args()
     if TMUX is None:
         sys.exit("tmux is needed: apt-get install tmux")
@@ -253,10 +255,22 @@ def main() -> None:
         home = work / "home"
         runs = work / "runs"
         paint = first_paint(home, args.repeats)  # before the big file is written
+        bare = first_paint(
+            home,
+            args.repeats,
+            f"{sys.executable} -c 'import time; print(\"tunedeck GPU host\"); time.sleep(5)'",
+        )
         print(
             f"first paint (process start -> home screen drawn): median {med(paint):.3f} s "
-            f"(min {min(paint):.3f}, max {max(paint):.3f}, n={len(paint)})"
+            f"(min {min(paint):.3f}, max {max(paint):.3f}, n={len(paint)}); a bare python "
+            f"printing the same words: {med(bare):.3f} s; the app's own share "
+            f"{med(paint) - med(bare):.3f} s"
         )
+        phases = startup_phases(home, args.repeats)
+        print("start-up phases, in the process (median s since the script's first line):")
+        print("  " + "  ".join(f"{name} {value:.3f}" for name, value in phases.items()))
+        if args.paint_only:
+            return
         big_bytes = int(args.log_gb * 1024**3)
         lines_per_block = 40_000
         line_bytes = len(LINE) + 12
@@ -272,10 +286,6 @@ def main() -> None:
         print(
             f"logs: {size_big / 1024**3:.2f} GiB (written in {made_s:.1f} s), {size_small / 2**20:.1f} MiB"
         )
-
-        phases = startup_phases(home, args.repeats)
-        print("start-up phases, in the process (median s since the script's first line):")
-        print("  " + "  ".join(f"{name} {value:.3f}" for name, value in phases.items()))
 
         cpu = idle_cpu(home, runs, "small", args.idle_s)
         print(

@@ -119,20 +119,16 @@ class TunedeckApp(App[None]):
 
     # ------------------------------------------------------------------ navigation
 
+    # Screens are imported when first opened: the home screen paints without them.
+
     def open_monitor(self, run_id: str) -> None:
-        try:
-            from tui.screens.monitor import MonitorScreen
-        except ImportError:
-            self.notify("the run monitor is not available yet", severity="warning")
-            return
+        from tui.screens.monitor import MonitorScreen
+
         self.push_screen(MonitorScreen(run_id))
 
     def action_open_planner(self) -> None:
-        try:
-            from tui.screens.planner import PlannerScreen
-        except ImportError:
-            self.notify("the planner is not available yet", severity="warning")
-            return
+        from tui.screens.planner import PlannerScreen
+
         self.push_screen(PlannerScreen())
 
     def action_open_presets(self) -> None:
@@ -149,11 +145,8 @@ class TunedeckApp(App[None]):
 
     def open_launch(self, preset: Any | None = None) -> None:
         """The launch screen, with `preset` already picked when given."""
-        try:
-            from tui.screens.launch import LaunchScreen
-        except ImportError:
-            self.notify("launching is not available yet", severity="warning")
-            return
+        from tui.screens.launch import LaunchScreen
+
         self.push_screen(LaunchScreen(preset))
 
     # ------------------------------------------------------------------ run actions

@@ -127,12 +127,13 @@ class PresetsScreen(Screen[None]):
 
     def _open(self, name: str) -> None:
         entry = self.entries[name]
+        from presets import PresetError
         from presets.store import read_yaml
 
         try:
             data = read_yaml(entry.path)
-        except Exception as exc:  # a file that vanished or broke since listing: say so
-            self.notify(str(exc), severity="error")
+        except PresetError as exc:  # a file that vanished or broke since listing: say so
+            self.notify("\n".join(exc.lines), severity="error")
             return
         self.query_one(PresetForm).load(data if isinstance(data, dict) else {})
         self.query_one("#presets-title", Static).update(
