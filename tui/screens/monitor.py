@@ -61,6 +61,8 @@ def header_text(summary: Any, width: int) -> Text:
         tail += f"  {money(summary.cost_usd)}"
         if summary.projected_cost_usd is not None and state.status in ("running", "stopping"):
             tail += f" of ~{money(summary.projected_cost_usd)}"
+    else:
+        tail += "  $ ? (no price_usd_per_h)"
     used = len(out) + len(tail)
     bar_w = max(5, min(30, width - used - 2))
     out.append(bar(fraction, bar_w), "green")
