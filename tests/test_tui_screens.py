@@ -170,12 +170,11 @@ async def test_unknown_training_argument_is_shown_under_training(home: Path) -> 
 
 
 async def test_launch_creates_a_run_folder_then_stop_and_resume_from_the_monitor(
-    home: Path,
+    demo_home: Path,
 ) -> None:
     from presets import derive_preset, save_user_preset
-    from runner.demo import ensure_demo
 
-    ensure_demo()
+    home = demo_home  # the demo model and data, built once per session (conftest)
     # The demo, long enough to be stopped and resumed while it trains.
     save_user_preset(
         derive_preset("demo-long", "demo", ["training.max_steps=3000", "training.save_steps=5"])

@@ -61,10 +61,10 @@ class Tmux:
         self.run("kill-server")
 
 
-def test_monitor_in_a_real_terminal_follows_a_real_run(tmp_path: Path) -> None:
+def test_monitor_in_a_real_terminal_follows_a_real_run(tmp_path: Path, demo_home: Path) -> None:
     if not _has_demo_command():
         pytest.skip("`tunedeck demo` is not available")
-    home = tmp_path / "home"
+    home = demo_home  # the demo model and data, built once per session (conftest)
     runs = tmp_path / "runs"
     env = {**os.environ, "TUNEDECK_HOME": str(home)}
     env.pop("TUNEDECK_RUNS", None)
