@@ -520,7 +520,13 @@ def resume(run_dir: Path) -> LaunchResult:
         preset = validate(read_yaml(run_dir / CONFIG_FILE), str(run_dir / CONFIG_FILE))
     except PresetError as exc:
         raise RunError(exc.lines) from None
-    pf = preflight(preset, check_data=True)
+    # The data was checked in full at launch; a resume only needs it to still be there
+    # (a large set takes a minute to check, and autostart may resume several runs).
+    pf = preflight(preset, check_data=False)
+    for label, raw in (("dataset", preset.dataset.path), ("eval", preset.dataset.eval_path)):
+        path = locations.expand(raw) if raw else None
+        if path and _looks_local(raw or "", path) and not Path(path).exists():
+            pf.problems.append(f"{label}: {path}: no longer there (was the volume mounted?)")
     if pf.problems:
         raise RunError(pf.problems)
     warnings = list(pf.warnings)

@@ -309,3 +309,20 @@ def test_out_of_memory_is_recognised() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True", "True", "False"]
+
+
+def test_resume_refuses_when_the_data_is_gone(demo_home: Path, tmp_path: Path) -> None:
+    from presets.store import load_preset, preset_to_yaml
+    from runner.launch import resume
+
+    gone = tmp_path / "gone.jsonl"
+    run_dir = demo_home / "runs" / "lost"
+    run_dir.mkdir(parents=True)
+    preset = load_preset("demo", [f"dataset.path={gone}"])
+    (run_dir / "config.yaml").write_text(preset_to_yaml(preset))
+    write_state(run_dir, RunState(run_id="lost", status="interrupted", started_at=now_iso()))
+    with pytest.raises(RunError) as err:
+        resume(run_dir)
+    assert err.value.lines == [f"dataset: {gone}: no longer there (was the volume mounted?)"]
+    state = read_state(run_dir)
+    assert state is not None and state.status == "interrupted" and state.resumes == 0
