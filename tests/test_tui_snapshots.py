@@ -13,11 +13,15 @@ from pathlib import Path
 import pytest
 from fake_nvml import FakeGpu, FakeNvml, two_h100s
 from test_tui_helpers import make_app, screen_text, wait_for
+from textual.widgets import Input
 
 from planner import plan
 from runner.runs import RunState, RunStore, write_state
 
 STARTED = "2026-11-22T09:30:00+00:00"
+# One GPU poll only (the first, at start-up): a second one arriving before the picture is
+# taken would add a bar to the sparklines.
+FROZEN = 3600.0
 
 
 def fixed_runs(root: Path) -> None:
@@ -95,13 +99,17 @@ async def settled(pilot, *texts: str) -> None:
     assert await wait_for(
         pilot, lambda: all(t in screen_text(pilot.app) for t in texts), timeout_s=10
     ), f"never showed {texts}"
+    # A focused Input's cursor blinks every 0.5 s; hold it on so the picture does not depend on
+    # when it was taken.
+    for field in pilot.app.screen.query(Input):
+        field.cursor_blink = False
     await pilot.pause(0.2)
 
 
 def test_home_100x30(snap_compare, tmp_path: Path) -> None:
     root = tmp_path / "runs"
     fixed_runs(root)
-    app = make_app(two_h100s(), root, store=RunStore(root))
+    app = make_app(two_h100s(), root, store=RunStore(root), poll_interval_s=FROZEN)
 
     async def ready(pilot) -> None:
         await settled(pilot, "GPU 1", "full-1b-20261120-1200", "interrupted")
@@ -112,7 +120,7 @@ def test_home_100x30(snap_compare, tmp_path: Path) -> None:
 def test_home_80x24_without_gpu(snap_compare, tmp_path: Path) -> None:
     root = tmp_path / "runs"
     fixed_runs(root)
-    app = make_app(FakeNvml([]), root, store=RunStore(root))
+    app = make_app(FakeNvml([]), root, store=RunStore(root), poll_interval_s=FROZEN)
 
     async def ready(pilot) -> None:
         await settled(pilot, "no NVIDIA GPU found", "failed", "interrupted")
@@ -123,7 +131,13 @@ def test_home_80x24_without_gpu(snap_compare, tmp_path: Path) -> None:
 def test_monitor_100x30(snap_compare, tmp_path: Path) -> None:
     root = tmp_path / "runs"
     fixed_runs(root)
-    app = make_app(two_h100s(), root, store=RunStore(root), watch_run="demo-20261121-1800")
+    app = make_app(
+        two_h100s(),
+        root,
+        store=RunStore(root),
+        watch_run="demo-20261121-1800",
+        poll_interval_s=FROZEN,
+    )
 
     async def ready(pilot) -> None:
         await settled(pilot, "training finished", "completed", "GPU 1", "loss 5.6")
@@ -135,7 +149,7 @@ def test_planner_100x30(snap_compare, tmp_path: Path) -> None:
     nvml = FakeNvml(
         [FakeGpu(name="NVIDIA GeForce RTX 4090", total_gib=23.99, compute_capability=(8, 9))]
     )
-    app = make_app(nvml, tmp_path / "runs", plan_fn=plan)
+    app = make_app(nvml, tmp_path / "runs", plan_fn=plan, poll_interval_s=FROZEN)
 
     async def ready(pilot) -> None:
         await settled(pilot, "GPU 0")
