@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tui.cli import COMMAND_MODULES, _only_runs_dir
+
 
 def tunedeck(
     *args: str, home: Path, env: dict[str, str] | None = None
@@ -112,5 +114,57 @@ def test_bad_input_is_a_message_not_a_traceback(home: Path, args: list[str], exp
 def test_help_lists_the_commands(home: Path) -> None:
     out = tunedeck("--help", home=home)
     assert out.returncode == 0
-    for command in ("gpus", "presets"):
-        assert command in out.stdout
+    for command in COMMAND_MODULES:
+        assert command in out.stdout, command
+
+
+def test_unknown_command_is_a_usage_error(home: Path) -> None:
+    out = tunedeck("planx", home=home)
+    assert out.returncode == 2
+    assert "No such command 'planx'" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def _imported_by(args: list[str], home: Path) -> set[str]:
+    """The modules a real `tunedeck ARGS` run has loaded when it finishes."""
+    code = (
+        "import atexit, json, sys\n"
+        "atexit.register(lambda: sys.stderr.write('\\nMODULES=' + json.dumps(sorted(sys.modules))))\n"
+        f"sys.argv = ['tunedeck', *{args!r}]\n"
+        "from tui.cli import main\n"
+        "main()\n"
+    )
+    env = {**os.environ, "TUNEDECK_HOME": str(home)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    return set(json.loads(out.stderr.rsplit("MODULES=", 1)[1]))
+
+
+def test_each_command_loads_only_its_own_module(home: Path) -> None:
+    plan = _imported_by(["plan", "--model", "Qwen/Qwen2.5-0.5B", "--gpu", "L4", "--json"], home)
+    # The planner answers without typer, click or Rich, and without the other commands.
+    assert not {"typer", "click", "rich.console", "pydantic"} & plan
+    commands = {m for m in plan if m.startswith("tui.commands.")}
+    assert commands == {"tui.commands.plan_cmd", "tui.commands.common"}
+    presets = _imported_by(["presets", "--json"], home)
+    assert "tui.commands.presets_cmd" in presets
+    assert not {"tui.commands.run_cmd", "tui.commands.data_cmd", "tui.app"} & presets
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ([], None),
+        (["--runs-dir", "/r"], "/r"),
+        (["--runs-dir=/r"], "/r"),
+        (["--runs-dir"], False),
+        (["--runs-dir", "--help"], False),
+        (["runs"], False),
+        (["--runs-dir", "/r", "runs"], False),
+        (["--help"], False),
+    ],
+)
+def test_what_opens_the_app_directly(args: list[str], expected: object) -> None:
+    assert _only_runs_dir(args) == expected

@@ -275,9 +275,10 @@ def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess[str
     code = (
         "import json, sys\n"
         f"sys.argv = ['tunedeck', *{list(args)!r}]\n"
-        "from tui.cli import app\n"
+        "from tui.cli import main\n"
+        "code = 0\n"
         "try:\n"
-        "    app()\n"
+        "    main()\n"
         "except SystemExit as exc:\n"
         "    code = exc.code\n"
         "heavy = [m for m in ('torch', 'transformers', 'peft', 'trl') if m in sys.modules]\n"

@@ -5,13 +5,26 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import typer
-from rich.console import Console
+if TYPE_CHECKING:
+    from rich.console import Console
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+    console: Console
+    err_console: Console
+
+
+def __getattr__(name: str) -> Any:
+    """`console` and `err_console` are made on first use: `tunedeck plan --json` never needs
+    Rich, and importing it costs a noticeable part of a fast command's run time."""
+    if name in ("console", "err_console"):
+        from rich.console import Console
+
+        globals()["console"] = Console(highlight=False)
+        globals()["err_console"] = Console(stderr=True, highlight=False)
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # Exit codes shared by every command.
 EXIT_OK = 0
@@ -29,9 +42,12 @@ def fail(lines: str | Iterable[str], code: int = EXIT_USAGE) -> NoReturn:
     """Print each problem as `error: ...` on stderr and exit with `code`; never a traceback."""
     if isinstance(lines, str):
         lines = [lines]
+    err = __getattr__("err_console")
     for line in lines:
-        err_console.print(f"[bold red]error:[/] {line}", markup=True, soft_wrap=True)
-    raise typer.Exit(code)
+        err.print(f"[bold red]error:[/] {line}", markup=True, soft_wrap=True)
+    # SystemExit rather than typer.Exit: click lets it through with its code, and the commands
+    # that run without typer (`plan`) need not import it.
+    raise SystemExit(code)
 
 
 def gib(value_bytes: int | float | None, digits: int = 1) -> str:

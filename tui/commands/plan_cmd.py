@@ -8,11 +8,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-import typer
-
-from tui.commands.common import console, err_console, fail, print_json
+from tui.commands import common
+from tui.commands.common import fail, print_json
 
 if TYPE_CHECKING:
+    import typer
+
     from planner import PlanReport, PlanRequest
 
 # Characters per token of English text under current BPE tokenizers; used only to size a
@@ -72,7 +73,7 @@ def _download_config(model: str) -> None:
         from huggingface_hub.errors import HfHubHTTPError
     except ImportError:
         fail("--download needs huggingface_hub (pip install huggingface_hub)")
-    err_console.print(f"fetching {model}/config.json ...")
+    common.err_console.print(f"fetching {model}/config.json ...")
     try:
         hf_hub_download(model, "config.json", etag_timeout=5)
     except (HfHubHTTPError, OSError, ValueError) as exc:
@@ -101,10 +102,12 @@ def _list_catalogues(models: bool, gpus: bool, as_json: bool) -> None:
         print_json(data)
         return
     for row in data.get("models", []):
-        console.print(f"{row['model']:55s} {row['params'] / 1e9:7.2f} B  {row['model_type']}")
+        common.console.print(
+            f"{row['model']:55s} {row['params'] / 1e9:7.2f} B  {row['model_type']}"
+        )
     for g in data.get("gpus", []):
         price = f"${g['price_usd_per_h']:.2f}/h" if g["price_usd_per_h"] is not None else "-"
-        console.print(
+        common.console.print(
             f"{g['name']:12s} {g['memory_gib']:6.1f} GiB {g['tflops']:6.0f} TFLOPS "
             f"{g['bandwidth_gbps']:6.0f} GB/s  bf16 {'yes' if g['bf16'] else 'no '}  {price}"
         )
@@ -156,15 +159,15 @@ def _render(report: PlanReport, data_note: str = "") -> None:
         head += f", ${price:.2f}/h)" if price is not None else ")"
     else:
         head += "   gpu: none detected or named"
-    console.print(head)
-    console.print(
+    common.console.print(head)
+    common.console.print(
         f"{r.trainer}  seq {r.seq_len}  micro-batch {r.micro_batch}  accum {r.grad_accum}  "
         f"grad-ckpt {'on' if r.grad_ckpt else 'off'}  attn {r.attn}  {r.precision}  "
         f"{r.optimizer}  LoRA r{r.lora_r} {r.lora_targets}"
         + (f"  {r.num_gpus} GPUs {r.strategy}" if r.num_gpus > 1 else "")
     )
     if report.total_tokens:
-        console.print(f"data: {report.total_tokens / 1e6:,.2f} M training tokens{data_note}")
+        common.console.print(f"data: {report.total_tokens / 1e6:,.2f} M training tokens{data_note}")
     table = Table(show_edge=False, pad_edge=False, expand=False)
     table.add_column("method")
     if report.gpu is not None:
@@ -193,21 +196,23 @@ def _render(report: PlanReport, data_note: str = "") -> None:
             verdict,
         ]
         table.add_row(*cells)
-    console.print(table)
-    console.print(("★ " if report.recommended else "") + report.reason)
+    common.console.print(table)
+    common.console.print(("★ " if report.recommended else "") + report.reason)
     for o in report.options:
         if o.fix:
-            console.print(f"fix for {METHOD_LABELS[o.method]}: {o.fix}")
+            common.console.print(f"fix for {METHOD_LABELS[o.method]}: {o.fix}")
     for o in report.options:
         parts = [
             f"{name} {value:.2f}" for name, value in o.breakdown.items() if abs(value) >= 0.005
         ]
-        console.print(f"[dim]breakdown ({METHOD_LABELS[o.method]}, GiB):[/] " + " · ".join(parts))
+        common.console.print(
+            f"[dim]breakdown ({METHOD_LABELS[o.method]}, GiB):[/] " + " · ".join(parts)
+        )
     if report.renting:
-        console.print("cheapest place to rent (typical on-demand prices):")
+        common.console.print("cheapest place to rent (typical on-demand prices):")
         for rent in report.renting:
             cost = f"${rent.cost_usd:,.2f}" if rent.cost_usd is not None else "-"
-            console.print(
+            common.console.print(
                 f"  {METHOD_LABELS[rent.method]}: {rent.count}x {rent.gpu} "
                 f"(${rent.price_usd_per_h:.2f}/h each), {rent.device_peak_gib:.1f} GiB per GPU, "
                 f"{_hours(rent.hours)}, {cost}"
@@ -293,12 +298,11 @@ def _parser() -> _Parser:
     return p
 
 
-def plan_command(ctx: typer.Context) -> None:
-    """Memory, time and cost of full fine-tuning, LoRA and QLoRA, and which to use
-    (`tunedeck plan --help` for the flags)."""
-    # The flags are parsed here rather than declared to typer: typer builds a validator per
-    # declared option on every call, which alone took longer than the whole plan.
-    a = _parser().parse_args(ctx.args)
+def run_plan(args: list[str]) -> None:
+    """`tunedeck plan ARGS`. The flags are parsed here rather than declared to typer: typer
+    builds a validator per declared option on every call, which alone took longer than the
+    whole plan; `tui.cli.main` calls this directly, without typer."""
+    a = _parser().parse_args(args)
     preset, model, trainer, gpu = a.preset, a.model, a.trainer, a.gpu
     method = (
         [m.strip() for item in a.method for m in item.split(",") if m.strip()] if a.method else None
@@ -391,6 +395,14 @@ def plan_command(ctx: typer.Context) -> None:
         print_json(report.to_json())
         return
     _render(report, data_note)
+
+
+def plan_command() -> None:
+    """Memory, time and cost of full fine-tuning, LoRA and QLoRA, and which to use
+    (`tunedeck plan --help` for the flags)."""
+    import click
+
+    run_plan(click.get_current_context().args)
 
 
 def register(app: typer.Typer) -> None:
