@@ -12,7 +12,11 @@ from tui.commands.common import fail
 def watch(
     run: Annotated[str, typer.Argument(help="Run id (a unique prefix is enough) or run folder.")],
     runs_dir: Annotated[
-        str | None, typer.Option("--runs-dir", help="Runs folder (default: the data dir).")
+        str | None,
+        typer.Option(
+            "--runs-dir",
+            help="Runs folder (default: TUNEDECK_RUNS, else the data dir).",
+        ),
     ] = None,
 ) -> None:
     """Open the run monitor: loss chart, GPU use, progress, cost and the log, live.
