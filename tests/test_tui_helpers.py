@@ -52,8 +52,10 @@ def screen_text(app: TunedeckApp) -> str:
     return console.export_text()
 
 
-async def wait_for(pilot: Any, predicate: Any, timeout_s: float = 3.0) -> bool:
-    """Let the app run until `predicate()` is true (False after `timeout_s`)."""
+async def wait_for(pilot: Any, predicate: Any, timeout_s: float = 10.0) -> bool:
+    """Let the app run until `predicate()` is true (False after `timeout_s`). The timeout is
+    only how long to wait before calling it a failure: a loaded machine can take seconds for
+    what is instant on a quiet one (the first validation imports the schema, for one)."""
     import time
 
     deadline = time.monotonic() + timeout_s
@@ -64,7 +66,7 @@ async def wait_for(pilot: Any, predicate: Any, timeout_s: float = 3.0) -> bool:
     return bool(predicate())
 
 
-async def shows(pilot: Any, *texts: str, timeout_s: float = 3.0) -> bool:
+async def shows(pilot: Any, *texts: str, timeout_s: float = 10.0) -> bool:
     """Wait until every one of `texts` is on the screen (a widget's new text can take a
     refresh or two to reach the screen)."""
     return await wait_for(

@@ -131,8 +131,9 @@ async def test_editor_shows_errors_inline_and_saves_a_user_preset(home: Path) ->
         assert not (home / "config" / "presets").exists()
 
         await replace_text(pilot, "field-lora--r", "32")
-        assert await wait_for(pilot, lambda: editor.preset is not None)
-        assert not error.display
+        # The preset is rebuilt and the field's message hidden by the same change; under load
+        # the two may be drawn a frame apart.
+        assert await wait_for(pilot, lambda: editor.preset is not None and not error.display)
 
         # A shipped name is never overwritten.
         await pilot.press("ctrl+s")

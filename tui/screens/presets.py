@@ -202,6 +202,11 @@ class PresetsScreen(Screen[None]):
     # ------------------------------------------------------------------ saving
 
     def action_save(self) -> None:
+        # Validate what is typed now; a validation still pending from the last keystroke would
+        # otherwise fire after the save and write over its message.
+        if self._validate_timer is not None:
+            self._validate_timer.stop()
+            self._validate_timer = None
         self._validate()
         if self.preset is None:
             self.notify("not saved: fix the problems first", severity="error")

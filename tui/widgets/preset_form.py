@@ -151,7 +151,6 @@ class PresetForm(VerticalScroll):
         from presets.schema import Preset
 
         self.specs = schema_fields(Preset)
-        self._loading = False
 
     def compose(self) -> ComposeResult:
         section = ""
@@ -182,25 +181,21 @@ class PresetForm(VerticalScroll):
 
     def load(self, data: dict[str, Any]) -> None:
         """Fill every input from a preset's data (a dict as in the YAML)."""
-        self._loading = True
-        try:
-            for spec in self.specs:
-                value = _get(data, spec.path)
-                if value is None:
-                    value = spec.default
-                widget = self.query_one(f"#{spec.widget_id}")
-                text = to_text(spec, value)
-                if isinstance(widget, Select):
-                    widget.value = text if text in spec.choices else Select.BLANK
-                elif isinstance(widget, TextArea):
-                    widget.text = text
-                elif isinstance(widget, Input):
-                    widget.value = text
-        finally:
-            self.call_after_refresh(self._done_loading)
-
-    def _done_loading(self) -> None:
-        self._loading = False
+        # The inputs' Changed events that filling them causes reach the screen like a user's
+        # edits; its debounce folds them into one validation. (Ignoring them until the next
+        # refresh lost an edit made before that refresh came.)
+        for spec in self.specs:
+            value = _get(data, spec.path)
+            if value is None:
+                value = spec.default
+            widget = self.query_one(f"#{spec.widget_id}")
+            text = to_text(spec, value)
+            if isinstance(widget, Select):
+                widget.value = text if text in spec.choices else Select.BLANK
+            elif isinstance(widget, TextArea):
+                widget.text = text
+            elif isinstance(widget, Input):
+                widget.value = text
 
     def values(self) -> tuple[dict[str, Any], dict[str, str]]:
         """The preset data the inputs hold, and the fields whose text could not be read."""
@@ -244,15 +239,12 @@ class PresetForm(VerticalScroll):
 
     def on_input_changed(self, event: Input.Changed) -> None:
         event.stop()
-        if not self._loading:
-            self.post_message(self.Changed())
+        self.post_message(self.Changed())
 
     def on_select_changed(self, event: Select.Changed) -> None:
         event.stop()
-        if not self._loading:
-            self.post_message(self.Changed())
+        self.post_message(self.Changed())
 
     def on_text_area_changed(self, event: TextArea.Changed) -> None:
         event.stop()
-        if not self._loading:
-            self.post_message(self.Changed())
+        self.post_message(self.Changed())
