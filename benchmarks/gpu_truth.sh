@@ -11,12 +11,14 @@
 #   GPU_TRUTH_MODELS    default: gpu_truth.py's four (Qwen2.5-0.5B, Llama-3.2-1B/3B, Llama-3.1-8B)
 #   GPU_TRUTH_BUDGET_S  no new case starts after this many seconds of the benchmark (default 330)
 #   GPU_TRUTH_LIMIT_S   hard stop for the benchmark (default 480; the JSON is written per case)
+#   PYTHON              the interpreter with torch (default python3, as on the lent GPU box)
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 out="${OUT:-benchmarks/results}"
 mkdir -p "$out"
+py="${PYTHON:-python3}"
 if compgen -G ".whl/*.whl" >/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl || exit 1
     export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
@@ -24,8 +26,9 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export TUNEDECK_HOME="${TUNEDECK_HOME:-/tmp/tunedeck-home}"
 {
     nvidia-smi
-    python3 -c 'import importlib.metadata as m
-for n in ("torch", "transformers", "trl", "peft", "bitsandbytes", "datasets", "accelerate"):
+    "$py" -c 'import importlib.metadata as m
+for n in ("torch", "transformers", "trl", "peft", "bitsandbytes", "datasets", "accelerate",
+          "huggingface_hub", "pyarrow", "fsspec", "pydantic", "platformdirs", "orjson"):
     print(n, m.version(n))
 import torch; print("cuda", torch.version.cuda, torch.cuda.get_device_name(0))'
 } >"$out/gpu_truth_env.txt" 2>&1
@@ -34,7 +37,7 @@ args=(--quick --sections "${GPU_TRUTH_SECTIONS:-sigterm,presets,grid}"
 if [ -n "${GPU_TRUTH_MODELS:-}" ]; then
     args+=(--models "$GPU_TRUTH_MODELS")
 fi
-timeout -k 15 "${GPU_TRUTH_LIMIT_S:-480}" python3 benchmarks/gpu_truth.py "${args[@]}" 2>&1 |
+timeout -k 15 "${GPU_TRUTH_LIMIT_S:-480}" "$py" benchmarks/gpu_truth.py "${args[@]}" 2>&1 |
     tee "$out/gpu_truth.log"
 status=${PIPESTATUS[0]}
 df -h /tmp >>"$out/gpu_truth_env.txt" 2>&1
