@@ -483,7 +483,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, help="start no new case after this many seconds")
     parser.add_argument("--work", type=Path, help="folder for models, data and runs "
                         "(default: a temporary one, removed at the end)")  # fmt: skip
+    parser.add_argument("--summarise", type=Path, nargs="+", metavar="RESULTS",
+                        help="print the grid and MAPE over results files (several leases' "
+                        "runs together) and exit")  # fmt: skip
     opts = parser.parse_args(argv)
+    if opts.summarise:
+        return summarise(opts.summarise)
     started = time.monotonic()
     sections = [s.strip() for s in opts.sections.split(",") if s.strip()]
     unknown = set(sections) - {"grid", "presets", "sigterm"}
@@ -570,6 +575,20 @@ def main(argv: list[str] | None = None) -> int:
         if opts.work is None:
             shutil.rmtree(work, ignore_errors=True)
     print(f"wrote {out_path} in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+def summarise(paths: list[Path]) -> int:
+    """The grid table and MAPE over the cases of several results files."""
+    cases: list[dict[str, Any]] = []
+    gpus = set()
+    for path in paths:
+        data = json.loads(path.read_text())
+        gpus.add(data["gpu"])
+        cases += data.get("cases", [])
+    summary = grid_summary(cases)
+    print(f"{len(paths)} files, GPU {', '.join(sorted(gpus))}, {len(cases)} cases")
+    print_grid(cases, summary, cuda=gpus != {"cpu"})
     return 0
 
 

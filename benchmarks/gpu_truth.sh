@@ -9,8 +9,8 @@
 # benchmarks/results/. Environment knobs, for splitting the work over two leases:
 #   GPU_TRUTH_SECTIONS  default sigterm,presets,grid
 #   GPU_TRUTH_MODELS    default: gpu_truth.py's four (Qwen2.5-0.5B, Llama-3.2-1B/3B, Llama-3.1-8B)
-#   GPU_TRUTH_BUDGET_S  no new case starts after this many seconds of the benchmark (default 330)
-#   GPU_TRUTH_LIMIT_S   hard stop for the benchmark (default 480; the JSON is written per case)
+#   GPU_TRUTH_BUDGET_S  no new case starts after this many seconds of the benchmark (default 400)
+#   GPU_TRUTH_LIMIT_S   hard stop for the benchmark (default 495; the JSON is written per case)
 #   PYTHON              the interpreter with torch (default python3, as on the lent GPU box)
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -33,11 +33,11 @@ for n in ("torch", "transformers", "trl", "peft", "bitsandbytes", "datasets", "a
 import torch; print("cuda", torch.version.cuda, torch.cuda.get_device_name(0))'
 } >"$out/gpu_truth_env.txt" 2>&1
 args=(--quick --sections "${GPU_TRUTH_SECTIONS:-sigterm,presets,grid}"
-      --budget-s "${GPU_TRUTH_BUDGET_S:-330}" --out-dir "$out" --work /tmp/gpu-truth)
+      --budget-s "${GPU_TRUTH_BUDGET_S:-400}" --out-dir "$out" --work /tmp/gpu-truth)
 if [ -n "${GPU_TRUTH_MODELS:-}" ]; then
     args+=(--models "$GPU_TRUTH_MODELS")
 fi
-timeout -k 15 "${GPU_TRUTH_LIMIT_S:-480}" "$py" benchmarks/gpu_truth.py "${args[@]}" 2>&1 |
+timeout -k 15 "${GPU_TRUTH_LIMIT_S:-495}" "$py" benchmarks/gpu_truth.py "${args[@]}" 2>&1 |
     tee "$out/gpu_truth.log"
 status=${PIPESTATUS[0]}
 df -h /tmp >>"$out/gpu_truth_env.txt" 2>&1

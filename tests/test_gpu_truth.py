@@ -102,6 +102,14 @@ def test_smoke_grid_writes_the_results_schema(demo_home: Path, tmp_path: Path) -
     if not cuda:
         assert summary["mape_torch_peak_pct"] is None
         assert summary["meets_torch_peak"] is None
+    again = subprocess.run(
+        [sys.executable, str(SCRIPT), "--summarise", str(tmp_path / "truth.json")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert again.returncode == 0, again.stderr
+    assert cases[0]["id"] in again.stdout and "MAPE torch_peak" in again.stdout
 
 
 @pytest.mark.slow
