@@ -16,16 +16,26 @@ _DEFAULT_EPOCHS = 3.0
 _STRATEGY = {"single": "ddp", "ddp": "ddp", "fsdp": "fsdp", "deepspeed-zero3": "zero3"}
 
 
-def _precision(training: dict[str, Any]) -> str:
-    """TRL loads a bf16 checkpoint in bf16 and trains it so (`bf16`); `fp16: true` is mixed
-    precision over fp32 weights; an explicit float32 load means fp32 master weights."""
+def _precision(training: dict[str, Any], method: str) -> str:
+    """The precision the runner trains in (`runner.train_build.load_dtype` picks the load dtype
+    the same way): `bf16: true` trains bf16 weights, as TRL does with a bf16 checkpoint; an
+    explicit float32 load means fp32 master weights under autocast; `fp16: true` over a full
+    fine-tune is mixed precision over fp32 weights, over adapters an fp16 base."""
     init = training.get("model_init_kwargs") or {}
-    dtype = str(init.get("dtype", init.get("torch_dtype", "auto")))
-    if training.get("fp16"):
-        return "fp16-mixed"
-    if dtype in ("float32", "torch.float32", "fp32"):
-        return "bf16-mixed" if training.get("bf16") else "fp32"
-    return "bf16"
+    dtype = str(init.get("dtype", init.get("torch_dtype", ""))).removeprefix("torch.")
+    bf16, fp16 = bool(training.get("bf16")), bool(training.get("fp16"))
+    if dtype in ("float32", "fp32"):
+        return "bf16-mixed" if bf16 else "fp16-mixed" if fp16 else "fp32"
+    if dtype in ("bfloat16", "bf16"):
+        return "bf16"
+    if dtype in ("float16", "fp16"):
+        return "fp16"
+    # no dtype named (or "auto"): what the runner loads
+    if bf16:
+        return "bf16"
+    if fp16:
+        return "fp16-mixed" if method == "full" else "fp16"
+    return "fp32" if method == "full" else "bf16"  # "auto": the checkpoint's own 16-bit dtype
 
 
 def request_from_preset(
@@ -60,7 +70,7 @@ def request_from_preset(
         grad_accum=int(t.get("gradient_accumulation_steps", 1)),
         grad_ckpt=bool(t.get("gradient_checkpointing", True)),
         attn=attn,
-        precision=_precision(t),
+        precision=_precision(t, preset.method),
         optimizer=str(t.get("optim", "adamw_torch_fused")),
         lora_r=preset.lora.r,
         lora_alpha=preset.lora.alpha,

@@ -47,7 +47,7 @@ OPTIMIZERS = (
     "adafactor",
     "sgd",
 )
-PRECISIONS = ("bf16", "bf16-mixed", "fp16-mixed", "fp32")
+PRECISIONS = ("bf16", "fp16", "bf16-mixed", "fp16-mixed", "fp32")
 FRAMEWORKS = ("trl", "hf", "litgpt")
 
 
@@ -89,7 +89,7 @@ class MemoryEstimate:
 
 
 def _weight_bytes(precision: str) -> int:
-    return 2 if precision == "bf16" else 4
+    return 2 if precision in ("bf16", "fp16") else 4
 
 
 def optimizer_state_bytes(optimizer: str, param_bytes: int) -> float | None:

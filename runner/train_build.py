@@ -115,20 +115,30 @@ def _distributed_strategy(preset: Preset, args: dict[str, Any]) -> None:
         }
 
 
+def load_dtype(preset: Preset, on_gpu: bool) -> str:
+    """The dtype the base model is loaded in when the preset's `model_init_kwargs` names none;
+    the planner (`planner.from_preset`) plans the same. As TRL does: `bf16: true` trains the
+    weights in bf16 (full fine-tuning included; name `dtype: float32` for fp32 master weights
+    under bf16 autocast). `fp16: true` over a full fine-tune needs fp32 weights (the gradient
+    scaler cannot unscale fp16 gradients); adapters over an fp16 base are fine. On a CPU
+    everything is fp32."""
+    if not on_gpu:
+        return "float32"
+    if preset.training.get("bf16"):
+        return "bfloat16"
+    if preset.training.get("fp16"):
+        return "float32" if preset.method == "full" else "float16"
+    return "float32" if preset.method == "full" else "auto"
+
+
 def build_model(preset: Preset, model_path: str) -> Any:
     """The base model: dtype and attention as configured, 4-bit and k-bit preparation for
     QLoRA."""
     kwargs: dict[str, Any] = dict(preset.training.get("model_init_kwargs") or {})
     on_gpu = torch.cuda.is_available()
-    wants_bf16 = bool(preset.training.get("bf16")) and on_gpu
-    wants_fp16 = bool(preset.training.get("fp16")) and on_gpu
-    if "dtype" not in kwargs:
-        if preset.method == "full" or not on_gpu:
-            kwargs["dtype"] = torch.float32  # full FT keeps fp32 master weights under autocast
-        else:
-            kwargs["dtype"] = (
-                torch.bfloat16 if wants_bf16 else torch.float16 if wants_fp16 else "auto"
-            )
+    if "dtype" not in kwargs and "torch_dtype" not in kwargs:
+        dtype = load_dtype(preset, on_gpu)
+        kwargs["dtype"] = dtype if dtype == "auto" else getattr(torch, dtype)
     kwargs.setdefault("attn_implementation", "sdpa")
     if preset.method == "qlora":
         if not on_gpu:

@@ -263,7 +263,7 @@ def _parser() -> _Parser:
     p.add_argument("--attn", help="sdpa, flash or eager")
     p.add_argument(
         "--precision",
-        help="bf16 (weights and states in bf16, as TRL trains a bf16 checkpoint), bf16-mixed, fp16-mixed or fp32",
+        help="bf16 (weights and states in bf16, as TRL trains a bf16 checkpoint), fp16 (an fp16 base under adapters), bf16-mixed or fp16-mixed (fp32 master weights), or fp32",
     )
     p.add_argument(
         "--optimizer",
