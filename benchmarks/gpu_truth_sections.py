@@ -307,7 +307,7 @@ def presets_section(
             "compute_dtype": "bfloat16",
             **plain_config["quantization"],
         }
-        resolved, times, sampler, _, failure = run_plain(
+        resolved, times, sampler, baseline, failure = run_plain(
             plain_config, ctx.work / "plain" / name, ctx.source, ctx.env, ctx.timeout_s * 2
         )
         step_s, timed = step_rate(times, warmup)
@@ -325,6 +325,11 @@ def presets_section(
                 tokens_per_step=plain_tokens,
                 timed_steps=timed,
                 measured_rss_peak_gib=round(sampler.rss_max_bytes / GIB, 3),
+                measured_device_peak_gib=(
+                    round((sampler.device_max_bytes - baseline) / GIB, 3)
+                    if sampler.device_max_bytes is not None and baseline is not None
+                    else None
+                ),
             )
         entry["plain_trl"] = plain
         ratio = None
@@ -355,5 +360,6 @@ SPEED_KEYS = (
     "tokens_per_step",
     "timed_steps",
     "measured_torch_peak_gib",
+    "measured_device_peak_gib",
     "measured_rss_peak_gib",
 )
