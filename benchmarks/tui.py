@@ -130,6 +130,21 @@ def first_paint(home: Path, repeats: int, command: str | None = None) -> list[fl
     return out
 
 
+# The least a Textual app can do: the baseline the home screen's first paint is compared with.
+TEXTUAL_FLOOR = """
+from textual.app import App
+from textual.widgets import Static
+
+
+class Floor(App):
+    def compose(self):
+        yield Static("tunedeck GPU host")
+
+
+Floor().run()
+"""
+
+
 PHASES_SCRIPT = """
 import time
 T0 = time.perf_counter()
@@ -260,11 +275,19 @@ def main() -> None:
             args.repeats,
             f"{sys.executable} -c 'import time; print(\"tunedeck GPU host\"); time.sleep(5)'",
         )
+        floor_script = work / "textual_floor.py"
+        floor_script.write_text(TEXTUAL_FLOOR)
+        floor = first_paint(home, args.repeats, f"{sys.executable} {floor_script}")
         print(
             f"first paint (process start -> home screen drawn): median {med(paint):.3f} s "
             f"(min {min(paint):.3f}, max {max(paint):.3f}, n={len(paint)}); a bare python "
             f"printing the same words: {med(bare):.3f} s; the app's own share "
             f"{med(paint) - med(bare):.3f} s"
+        )
+        print(
+            f"Textual's floor (an App with one Static showing the same words): median "
+            f"{med(floor):.3f} s (min {min(floor):.3f}); tunedeck / floor "
+            f"{med(paint) / med(floor):.2f}"
         )
         phases = startup_phases(home, args.repeats)
         print("start-up phases, in the process (median s since the script's first line):")

@@ -3,6 +3,7 @@ preset store (under a temporary TUNEDECK_HOME) and the real runner."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -229,3 +230,17 @@ async def test_launch_creates_a_run_folder_then_stop_and_resume_from_the_monitor
         for summary in store.list():
             if summary.state.status in ("running", "stopping"):
                 store.stop(summary.run_id, now=True)
+
+
+async def test_a_slow_first_poll_shows_reading_then_the_cards(home: Path) -> None:
+    class SlowNvml(FakeNvml):
+        def nvmlInit(self) -> None:
+            time.sleep(0.6)  # a driver that takes its time to answer
+            super().nvmlInit()
+
+    nvml = SlowNvml([FakeGpu(name="NVIDIA L4", total_gib=22.5, compute_capability=(8, 9))])
+    app = make_app(nvml, home / "runs", poll_interval_s=3600)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+        assert "reading GPUs" in screen_text(app)
+        assert await shows(pilot, "GPU 0", "1x NVIDIA L4")
