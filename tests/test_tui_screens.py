@@ -244,3 +244,16 @@ async def test_a_slow_first_poll_shows_reading_then_the_cards(home: Path) -> Non
         await pilot.pause()
         assert "reading GPUs" in screen_text(app)
         assert await shows(pilot, "GPU 0", "1x NVIDIA L4")
+
+
+async def test_home_is_the_first_screen_not_pushed_over_a_blank_one(home: Path) -> None:
+    # Pushing it over Textual's default screen drew a blank frame first (about 0.1 s later to
+    # a full home screen, measured in benchmarks/tui.py).
+    from tui.screens.home import HomeScreen
+
+    app = make_app(two_h100s(), home / "runs", poll_interval_s=3600)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+        assert len(app.screen_stack) == 1
+        assert isinstance(app.screen, HomeScreen)
+        assert await shows(pilot, "GPU 1", "host")

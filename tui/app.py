@@ -18,6 +18,7 @@ from textual import on, work
 from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.message import Message
+from textual.screen import Screen
 from textual.signal import Signal
 
 from runner.host import HostInfo, host_info
@@ -90,10 +91,14 @@ class TunedeckApp(App[None]):
 
     # ------------------------------------------------------------------ lifecycle
 
-    def on_mount(self) -> None:
+    def get_default_screen(self) -> Screen[Any]:
+        """The home screen is the app's first screen (not pushed over a blank default one, which
+        cost a frame at start-up)."""
         from tui.screens.home import HomeScreen
 
-        self.push_screen(HomeScreen())
+        return HomeScreen()
+
+    def on_mount(self) -> None:
         if self.watch_run is not None:
             self.open_monitor(self.watch_run)
         self._poll()
