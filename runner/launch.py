@@ -20,21 +20,26 @@ from typing import TYPE_CHECKING, Any
 
 from presets import locations
 from runner import checkpoints as ckpt
+from runner import run_lock
 from runner.runs import (
     ACTIVE,
     CHECKPOINTS_DIR,
     CONFIG_FILE,
     LOG_FILE,
     METRICS_FILE,
+    STOP_REQUEST_FILE,
     RunError,
     RunState,
     boot_id,
-    effective_status,
     ensure_private_dir,
+    make_reserve,
     now_iso,
     parse_iso,
     process_alive,
-    read_state,
+    process_start_ticks,
+    read_state_checked,
+    record_step,
+    recovered_state,
     update_state,
     write_state,
 )
@@ -43,10 +48,11 @@ if TYPE_CHECKING:
     from presets.schema import Preset
     from runner.gpu import GpuSource
 
-STOP_REQUEST_FILE = "stop-requested"  # same name as runner.train's, which cannot be imported here
 # torchrun gives its workers this long after a SIGTERM before it kills them; a checkpoint of a
 # large model needs more than its default 30 s.
 TORCHRUN_SHUTDOWN_S = 600
+# A resume waits this long for a trainer that has recorded its end to finish exiting.
+EXITING_WAIT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -248,8 +254,10 @@ def training_command(run_dir: Path, num_procs: int, dist: Distributed) -> list[s
     return [*cmd, "-m", "runner.train", str(run_dir)]
 
 
-def _spawn(run_dir: Path, command: list[str]) -> subprocess.Popen[bytes]:
+def _spawn(run_dir: Path, command: list[str], lock_fd: int) -> subprocess.Popen[bytes]:
+    """Start the training detached, handing it the run's lock (`lock_fd`) to hold for life."""
     env = dict(os.environ)
+    env[run_lock.LOCK_FD_ENV] = str(lock_fd)
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env["PYTHONPATH"] = os.pathsep.join(
@@ -259,17 +267,26 @@ def _spawn(run_dir: Path, command: list[str]) -> subprocess.Popen[bytes]:
     try:
         with open(log_fd, "ab", closefd=False) as log:
             log.write(f"--- {now_iso()} {' '.join(command)}\n".encode())
-        return subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log_fd,
-            stderr=subprocess.STDOUT,
-            cwd=run_dir,
-            env=env,
-            start_new_session=True,  # setsid: own session and process group, no terminal
-            close_fds=True,
-            umask=0o077,  # every file of the run readable by its owner only
-        )
+        # A single training process starts with SIGTERM and SIGINT blocked (the mask survives
+        # exec) and unblocks them once its handler is in place: a stop sent while Python starts
+        # is held, not fatal. torchrun installs its own handlers and gets the signals as usual.
+        block = {signal.SIGTERM, signal.SIGINT} if "torch.distributed.run" not in command else set()
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, block)
+        try:
+            return subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log_fd,
+                stderr=subprocess.STDOUT,
+                cwd=run_dir,
+                env=env,
+                start_new_session=True,  # setsid: own session and process group, no terminal
+                close_fds=True,
+                pass_fds=(lock_fd,),
+                umask=0o077,  # every file of the run readable by its owner only
+            )
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     finally:
         os.close(log_fd)
 
@@ -286,6 +303,7 @@ def _record_process(run_dir: Path, proc: subprocess.Popen[bytes]) -> None:
         pid=proc.pid,
         pgid=proc.pid,  # start_new_session makes the child its group's leader
         pid_create_time=created,
+        pid_start_ticks=process_start_ticks(proc.pid),
         boot_id=boot_id(),
         host=socket.gethostname(),
         updated_at=now_iso(),
@@ -348,8 +366,6 @@ def launch(
     gpu_source: GpuSource | None = None,
 ) -> LaunchResult:
     """Check, create the run folder, start the training detached and return at once."""
-    from presets.store import preset_to_yaml, write_atomic
-
     dist = dist or Distributed(nnodes=preset.launch.nnodes)
     pf = preflight(preset, gpu_source=gpu_source)
     problems = list(pf.problems)
@@ -367,6 +383,31 @@ def launch(
         raise RunError(problems)
     _check_root(root)
     run_dir = _new_run_dir(root, preset.name, name)
+    try:
+        lock_fd = run_lock.acquire(run_dir, retry_s=0)
+    except (OSError, run_lock.RunBusy) as exc:
+        import shutil
+
+        shutil.rmtree(run_dir, ignore_errors=True)  # made a moment ago, holds nothing yet
+        raise RunError([f"run {run_dir}: cannot take its lock ({exc})"]) from None
+    try:
+        return _start_new(run_dir, preset, pf, fit_check, warnings, auto_resume, dist, lock_fd)
+    finally:
+        os.close(lock_fd)  # the training process holds its own copy
+
+
+def _start_new(
+    run_dir: Path,
+    preset: Preset,
+    pf: Preflight,
+    fit_check: str,
+    warnings: list[str],
+    auto_resume: bool | None,
+    dist: Distributed,
+    lock_fd: int,
+) -> LaunchResult:
+    from presets.store import preset_to_yaml, write_atomic
+
     try:
         from runner.redact import redact, secret_values
 
@@ -395,11 +436,12 @@ def launch(
         )
         write_state(run_dir, state)
         _save_dist(run_dir, dist)
-        proc = _spawn(run_dir, training_command(run_dir, preset.launch.num_gpus, dist))
+        make_reserve(run_dir)
+        proc = _spawn(run_dir, training_command(run_dir, preset.launch.num_gpus, dist), lock_fd)
     except OSError as exc:
         import shutil
 
-        shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.rmtree(run_dir, ignore_errors=True)  # only what this launch wrote a moment ago
         raise RunError([f"run {run_dir}: cannot start ({exc})"]) from None
     _record_process(run_dir, proc)
     return LaunchResult(run_dir.name, run_dir, warnings, proc.pid)
@@ -425,96 +467,190 @@ def _load_dist(run_dir: Path) -> Distributed:
 # ---------------------------------------------------------------- control
 
 
-def _require_state(run_dir: Path) -> RunState:
-    state = read_state(run_dir)
-    if state is None:
-        raise RunError([f"{run_dir}: no readable state.json; is this a run folder?"])
-    return state
+def _state_or_recovered(run_dir: Path) -> RunState:
+    state, problem = read_state_checked(run_dir)
+    if state is not None:
+        return state
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise RunError([f"{run_dir}: no readable state.json ({problem}); is this a run folder?"])
+    return recovered_state(run_dir, problem or "state.json is unreadable")
 
 
-def stop(run_dir: Path, now: bool = False) -> None:
+def stop(run_dir: Path, now: bool = False) -> list[str]:
     """SIGTERM the run's process group (it checkpoints, then stops as `interrupted`), or with
-    `now` SIGKILL it and record it interrupted at its last checkpoint."""
-    state = _require_state(run_dir)
-    status = effective_status(state)
-    if status not in ACTIVE:
+    `now` SIGKILL it and record it interrupted at its last checkpoint. Returns warnings (a stop
+    that could not be written down in a read-only folder is still carried out)."""
+    state = _state_or_recovered(run_dir)
+    alive = process_alive(state, run_dir)
+    if alive is False:
+        status = "interrupted" if state.status in ACTIVE else state.status
         raise RunError([f"{state.run_id} is not running (it is {status}); nothing to stop"])
-    if process_alive(state) is None:
-        if state.pid is None:
-            raise RunError([f"{state.run_id} is still starting; try again in a moment"])
-        raise RunError([f"{state.run_id} runs on {state.host}; stop it there"])
-    assert state.pgid is not None  # process_alive checked the pid
-    (run_dir / STOP_REQUEST_FILE).write_text(now_iso() + "\n")
+    if alive is None:
+        if state.host and state.host != socket.gethostname():
+            raise RunError([f"{state.run_id} runs on {state.host}; stop it there"])
+        raise RunError([f"{state.run_id} is still starting; try again in a moment"])
+    if state.pgid is None:
+        raise RunError(
+            [
+                f"{state.run_id} is running but its state.json does not name its process; "
+                f"stop it with: kill -TERM -- -<pgid> (see: fuser -v {run_dir / run_lock.LOCK_FILE})"
+            ]
+        )
+    warnings: list[str] = []
+    try:
+        (run_dir / STOP_REQUEST_FILE).write_text(now_iso() + "\n")
+    except OSError as exc:
+        warnings.append(
+            f"{run_dir}: cannot record the stop there ({exc.strerror}); signalled it anyway"
+        )
     try:
         os.killpg(state.pgid, signal.SIGKILL if now else signal.SIGTERM)
     except ProcessLookupError:
-        return  # ended between the check and the signal
+        return warnings  # ended between the check and the signal
     except PermissionError:
         raise RunError(
             [f"{state.run_id}: not allowed to signal process group {state.pgid}"]
         ) from None
     if now:
-        wait_until_gone(state, timeout_s=15)
-        began = parse_iso(state.segment_started_at)
+        wait_until_gone(state, run_dir, timeout_s=15)
+        warnings += settle_stopped(run_dir, exit_code=-signal.SIGKILL)
+    return warnings
+
+
+def settle_stopped(run_dir: Path, exit_code: int | None = None) -> list[str]:
+    """After a stop: a run whose process is gone but whose state still says running (killed
+    before it could write, e.g. a signal in its first instant or `stop --now`) is recorded as
+    interrupted by the user, with the segment's time counted. Returns warnings."""
+    state = read_state_checked(run_dir)[0]
+    if state is None or state.status not in ACTIVE or process_alive(state, run_dir) is not False:
+        return []
+    try:
         update_state(
             run_dir,
             status="interrupted",
-            exit_code=-signal.SIGKILL,
+            exit_code=exit_code,
             ended_at=now_iso(),
             stopped_by_user=True,
-            active_s=state.active_s + (time.time() - began if began else 0.0),
+            active_s=state.active_s + _segment_s(state, time.time()),
         )
+    except OSError as exc:
+        return [f"{run_dir}: cannot record the stop in state.json ({exc.strerror})"]
+    return []
 
 
-def wait_until_gone(state: RunState, timeout_s: float) -> bool:
+def _segment_s(state: RunState, end_s: float | None) -> float:
+    began = parse_iso(state.segment_started_at)
+    if began is None or end_s is None:
+        return 0.0
+    return max(0.0, end_s - began)
+
+
+def wait_until_gone(state: RunState, run_dir: Path | None = None, timeout_s: float = 60) -> bool:
     """Wait for the run's process to end; True when it did within `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if process_alive(state) is False:
+        if process_alive(state, run_dir) is False:
             return True
         time.sleep(0.1)
-    return process_alive(state) is False
+    return process_alive(state, run_dir) is False
 
 
 def truncate_metrics(path: Path, last_step: int) -> int:
-    """Cut metrics.jsonl after the last record of `last_step` (and any torn line), in place,
-    so each step appears once after a resume. Returns the records dropped."""
+    """Keep the records of metrics.jsonl up to `last_step` and drop the rest (records past it,
+    a torn last line, lines that are not records), so each step appears once after a resume.
+    A damaged line in the middle costs only itself. Returns the lines dropped."""
     import json
 
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return 0
-    keep_bytes = 0
+    kept: list[bytes] = []
     dropped = 0
-    offset = 0
     for line in data.splitlines(keepends=True):
-        offset += len(line)
+        if not line.strip():
+            continue
         try:
             record = json.loads(line) if line.endswith(b"\n") else None
         except ValueError:
             record = None
-        if isinstance(record, dict) and int(record.get("step", 0)) <= last_step and not dropped:
-            keep_bytes = offset
-        elif line.strip():
+        step = record_step(record) if isinstance(record, dict) else None
+        if step is not None and step <= last_step:
+            kept.append(line)
+        else:
             dropped += 1
-    if keep_bytes < len(data):
-        os.truncate(path, keep_bytes)
+    if dropped:
+        _replace_bytes(path, b"".join(kept))
     return dropped
 
 
+def _replace_bytes(path: Path, data: bytes) -> None:
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def resume(run_dir: Path) -> LaunchResult:
-    """Continue an interrupted (or failed) run from its newest complete checkpoint, detached."""
+    """Continue an interrupted (or failed) run from its newest complete checkpoint, detached.
+
+    The run's lock is taken first: of two resumes at the same moment one starts a trainer and
+    the other is refused, and a run whose trainer is alive is never resumed."""
+    lock_existed = (run_dir / run_lock.LOCK_FILE).exists()
+    try:
+        try:
+            lock_fd = run_lock.acquire(run_dir)
+        except run_lock.RunBusy:
+            state = read_state_checked(run_dir)[0]
+            if state is None or state.status in ACTIVE:
+                raise
+            # The trainer has recorded how it ended and is leaving (its interpreter and CUDA
+            # take a moment to shut down): wait for it rather than refuse.
+            lock_fd = run_lock.acquire(run_dir, retry_s=EXITING_WAIT_S)
+    except run_lock.RunBusy:
+        state = read_state_checked(run_dir)[0]
+        run_id = state.run_id if state else run_dir.name
+        where = f" (pid {state.pid})" if state and state.pid else ""
+        raise RunError(
+            [
+                f"{run_id} is still running{where} or being started by another command; "
+                f"stop it first: tunedeck stop {run_id}"
+            ]
+        ) from None
+    except OSError as exc:
+        raise RunError([f"{run_dir}: cannot take the run's lock ({exc.strerror})"]) from None
+    try:
+        return _resume_locked(run_dir, lock_fd, check_pid=not lock_existed)
+    finally:
+        os.close(lock_fd)  # the training process holds its own copy
+
+
+def _resume_locked(run_dir: Path, lock_fd: int, check_pid: bool) -> LaunchResult:
     from presets.store import PresetError, read_yaml, validate
 
-    state = _require_state(run_dir)
-    status = effective_status(state)
-    if status in ACTIVE:
-        where = f" (pid {state.pid})" if state.pid else ""
-        raise RunError(
-            [f"{state.run_id} is still running{where}; stop it first: tunedeck stop {state.run_id}"]
-        )
-    if status == "completed":
+    state = _state_or_recovered(run_dir)
+    if state.status in ACTIVE:
+        # Holding the lock, no trainer of this run lives on this machine; another machine's
+        # (shared volume) or one started before locks existed may.
+        alive = process_alive(state) if check_pid or state.host != socket.gethostname() else False
+        if alive is not False:
+            where = f" (pid {state.pid})" if state.pid else ""
+            raise RunError(
+                [
+                    f"{state.run_id} is still running{where}; "
+                    f"stop it first: tunedeck stop {state.run_id}"
+                ]
+            )
+    if state.status == "completed":
         raise RunError([f"{state.run_id} has already completed; nothing to resume"])
     try:
         preset = validate(read_yaml(run_dir / CONFIG_FILE), str(run_dir / CONFIG_FILE))
@@ -538,23 +674,35 @@ def resume(run_dir: Path) -> LaunchResult:
     if keep is None:
         warnings.append("no complete checkpoint: starting from step 0")
     (run_dir / STOP_REQUEST_FILE).unlink(missing_ok=True)
-    update_state(
-        run_dir,
-        status="running",
-        resumes=state.resumes + 1,
-        step=keep.step if keep else 0,
-        segment_started_at=now_iso(),
-        segment_start_step=keep.step if keep else 0,
-        ended_at=None,
-        exit_code=None,
-        failure_reason=None,
-        pid=None,
-        steps_started_at=None,
+    # A segment that ended without a word (SIGKILL, a lost box) still cost time and money: count
+    # it up to its last heartbeat before the new segment starts.
+    unrecorded_s = 0.0 if state.ended_at else _segment_s(state, parse_iso(state.updated_at))
+    new_state = state.model_copy(
+        update={
+            "status": "running",
+            "resumes": state.resumes + 1,
+            "step": keep.step if keep else 0,
+            "checkpoint_step": keep.step if keep else None,
+            "segment_started_at": now_iso(),
+            "segment_start_step": keep.step if keep else 0,
+            "active_s": round(state.active_s + unrecorded_s, 3),
+            "ended_at": None,
+            "exit_code": None,
+            "failure_reason": None,
+            "pid": None,
+            "pgid": None,
+            "pid_create_time": None,
+            "pid_start_ticks": None,
+            "steps_started_at": None,
+            "stopped_by_user": False,
+            "updated_at": now_iso(),
+        }
     )
+    write_state(run_dir, new_state)
+    make_reserve(run_dir)
     try:
-        proc = _spawn(
-            run_dir, training_command(run_dir, preset.launch.num_gpus, _load_dist(run_dir))
-        )
+        command = training_command(run_dir, preset.launch.num_gpus, _load_dist(run_dir))
+        proc = _spawn(run_dir, command, lock_fd)
     except OSError as exc:
         update_state(run_dir, status="failed", failure_reason=f"cannot start: {exc}")
         raise RunError([f"run {run_dir}: cannot start ({exc})"]) from None

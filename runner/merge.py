@@ -5,7 +5,9 @@ The training stack is imported inside `merge_adapter` only.
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from runner.runs import CONFIG_FILE, OUTPUT_DIR, RunError, ensure_private_dir
@@ -31,7 +33,8 @@ def merge_adapter(run_dir: Path, target: Path | None = None) -> Path:
             [f"{adapter_dir}: no adapter yet; merge works on a completed run (see tunedeck runs)"]
         )
     base = locations.expand(preset.model)
-    target = target or run_dir / MERGED_DIR
+    target = (target or run_dir / MERGED_DIR).absolute()
+    _check_target(target)
 
     import torch
     from peft import PeftModel
@@ -44,11 +47,40 @@ def merge_adapter(run_dir: Path, target: Path | None = None) -> Path:
     except (OSError, ValueError) as exc:
         raise RunError([f"base model {base}: cannot load ({exc})"]) from None
     merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-    staging = target.parent / f".{target.name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    ensure_private_dir(staging)
-    merged.save_pretrained(staging)
-    AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(staging)
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
+    # Written beside the target under a name of its own, then renamed into place: a merge cut
+    # short leaves no half model where the target should be, and only this folder is removed.
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        ensure_private_dir(staging)
+        merged.save_pretrained(staging)
+        AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(staging)
+        _check_target(target)  # someone may have made it while the model was merging
+        os.rename(staging, target)  # replaces only an empty folder
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise RunError([f"--out {target}: cannot write the merged model ({exc})"]) from None
     return target
+
+
+def _check_target(target: Path) -> None:
+    """A merge writes a new folder (or fills an empty one); it never replaces what is there."""
+    if target.is_dir():
+        try:
+            empty = not any(target.iterdir())
+        except OSError as exc:
+            raise RunError([f"--out {target}: cannot read it ({exc.strerror})"]) from None
+        if not empty:
+            raise RunError(
+                [
+                    f"--out {target}: the folder is not empty; give a new folder (nothing was written)"
+                ]
+            )
+    elif target.exists() or target.is_symlink():
+        raise RunError(
+            [f"--out {target}: a file is there; give a new folder (nothing was written)"]
+        )
+    parent = target.parent
+    if not parent.is_dir():
+        raise RunError([f"--out {target}: its parent folder {parent} does not exist"])
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise RunError([f"--out {target}: cannot write into {parent}"])

@@ -6,15 +6,20 @@ A run lives in `<runs root>/<run id>/`:
 - `state.json`    `RunState`, always replaced atomically (a reader sees the old or the new file);
 - `metrics.jsonl` one JSON object per trainer log event, each with `step`;
 - `train.log`     stdout and stderr of the training processes;
-- `checkpoints/checkpoint-N/` and `output/`.
+- `checkpoints/checkpoint-N/` and `output/`;
+- `trainer.lock`  held by the run's one training process for its whole life (`runner.run_lock`);
+- `stop-requested` written by `tunedeck stop` before it signals the run.
 
 Viewers (the CLI, the app, a later login on a new box) only read these files. A state that says
 `running` whose process is gone (killed, rebooted box, another machine's volume) is reported as
-`interrupted`: see `effective_status`.
+`interrupted`: see `effective_status`. Every file here is read back as possibly damaged: a
+state.json that cannot be read is reported (and recovered from config.yaml and the checkpoints),
+not skipped.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -41,6 +46,10 @@ METRICS_FILE = "metrics.jsonl"
 LOG_FILE = "train.log"
 CHECKPOINTS_DIR = "checkpoints"
 OUTPUT_DIR = "output"
+STOP_REQUEST_FILE = "stop-requested"
+# A little disk kept in reserve so that the run's last state can still be written on a full disk.
+RESERVE_FILE = ".tunedeck-reserve"
+RESERVE_BYTES = 256 * 1024
 
 # A run on another machine (shared volume) is believed alive while its heartbeat is this fresh.
 REMOTE_STALE_S = 600.0
@@ -129,6 +138,9 @@ class RunState(BaseModel):
     boot_id: str | None = None
     pid_create_time: float | None = None
     """Start time of `pid` (psutil), to tell our process from a reused pid."""
+    pid_start_ticks: int | None = None
+    """Start of `pid` in clock ticks since boot (/proc/PID/stat): unlike `pid_create_time` it
+    does not move when the wall clock is stepped."""
     updated_at: str | None = None
     """Heartbeat: last write by the training process."""
     segment_started_at: str | None = None
@@ -154,54 +166,168 @@ class RunState(BaseModel):
 # ---------------------------------------------------------------- state.json
 
 
-def _write_atomic(path: Path, text: str, durable: bool = True) -> None:
+def write_atomic(path: Path, text: str, durable: bool = True, mode: int = 0o600) -> None:
     """Replace `path` by `text` so a reader sees the whole old or the whole new file.
-    `durable` also fsyncs; heartbeats skip it (losing one to a power cut does not matter)."""
+    `durable` also fsyncs the file and its folder (so the rename survives a power cut);
+    heartbeats skip it (losing one to a power cut does not matter)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
+            fh.flush()
             if durable:
-                fh.flush()
                 os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if durable:
+        fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (a rename into it) to disk; a no-op where folders cannot be
+    opened for that."""
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a folder; the file itself was flushed
+    finally:
+        os.close(dir_fd)
+
+
+def make_reserve(run_dir: Path) -> None:
+    """Set aside a little disk for the run's last words (see `write_state`)."""
+    try:
+        fd = os.open(run_dir / RESERVE_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(b"\0" * RESERVE_BYTES)
+    except OSError:
+        pass  # without a reserve a full disk may keep the last state unwritten, nothing worse
 
 
 def write_state(run_dir: Path | str, state: RunState, durable: bool = True) -> None:
-    """Write `state.json` atomically (owner-only permissions)."""
-    _write_atomic(Path(run_dir) / STATE_FILE, state.model_dump_json(indent=2) + "\n", durable)
+    """Write `state.json` atomically (owner-only permissions). On a full disk the run's reserve
+    file is given up so that this write (the one that says why the run ended) still lands."""
+    run_dir = Path(run_dir)
+    text = state.model_dump_json(indent=2) + "\n"
+    try:
+        write_atomic(run_dir / STATE_FILE, text, durable)
+    except OSError as exc:
+        reserve = run_dir / RESERVE_FILE
+        if exc.errno != errno.ENOSPC or not reserve.exists():
+            raise
+        reserve.unlink()
+        write_atomic(run_dir / STATE_FILE, text, durable)
 
 
 def read_state(run_dir: Path | str) -> RunState | None:
     """The run's state, or None when the file is missing or unreadable."""
+    return read_state_checked(run_dir)[0]
+
+
+def read_state_checked(run_dir: Path | str) -> tuple[RunState | None, str | None]:
+    """The run's state and, when it cannot be had, what is wrong with state.json."""
+    path = Path(run_dir) / STATE_FILE
     try:
-        text = (Path(run_dir) / STATE_FILE).read_text(encoding="utf-8")
-        return RunState.model_validate_json(text)
-    except (OSError, ValidationError, ValueError):
-        return None
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None, "state.json is missing"
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, f"state.json cannot be read ({exc})"
+    try:
+        return RunState.model_validate_json(text), None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "the file"
+        return None, f"state.json is damaged ({where}: {first.get('msg', 'invalid')})"
+    except ValueError as exc:
+        return None, f"state.json is damaged ({exc})"
+
+
+def recovered_state(run_dir: Path, problem: str) -> RunState:
+    """A stand-in state for a run whose state.json is damaged, from what else the folder holds
+    (config.yaml, the checkpoints): shown as interrupted, so that it can be resumed."""
+    import yaml
+
+    from runner import checkpoints as ckpt
+
+    preset_name = method = trainer = None
+    try:
+        data = yaml.safe_load((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        data = None  # the config has its own check when the run is resumed
+    if isinstance(data, dict):
+        preset_name, method, trainer = (
+            data[k] if isinstance(data.get(k), str) else None for k in ("name", "method", "trainer")
+        )
+    latest = ckpt.latest_complete(run_dir / CHECKPOINTS_DIR)
+    return RunState(
+        run_id=run_dir.name,
+        status="interrupted",
+        step=latest.step if latest else 0,
+        checkpoint_step=latest.step if latest else None,
+        preset_name=preset_name,
+        method=method,
+        trainer=trainer,
+        failure_reason=f"{problem}; resume rewrites it from the checkpoints",
+    )
+
+
+# Held around every read-modify-write of state.json: the launcher and the training process both
+# update it, and an unlocked read-change-write of one would drop the other's fields.
+STATE_LOCK_FILE = ".state.lock"
 
 
 def update_state(run_dir: Path | str, durable: bool = True, **changes: Any) -> RunState | None:
-    """Read, change and write back the state; None when there is no readable state."""
-    state = read_state(run_dir)
-    if state is None:
+    """Read, change and write back the state under the state lock; None when there is no
+    readable state (or the run folder is gone)."""
+    import fcntl
+
+    run_dir = Path(run_dir)
+    try:
+        lock_fd = os.open(run_dir / STATE_LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except FileNotFoundError:
         return None
-    new = RunState.model_validate({**state.model_dump(), **changes})
-    write_state(run_dir, new, durable=durable)
-    return new
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        state = read_state(run_dir)
+        if state is None:
+            return None
+        new = RunState.model_validate({**state.model_dump(), **changes})
+        write_state(run_dir, new, durable=durable)
+        return new
+    finally:
+        os.close(lock_fd)
 
 
-def process_alive(state: RunState) -> bool | None:
+def process_start_ticks(pid: int) -> int | None:
+    """When `pid` started, in clock ticks since boot (field 22 of /proc/PID/stat): the same
+    number for the life of the process, whatever happens to the wall clock."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
+    fields = raw[raw.rfind(")") + 2 :].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def process_alive(state: RunState, run_dir: Path | None = None) -> bool | None:
     """Whether the run's process still exists: True, False, or None when it cannot be told
-    from here (another machine whose heartbeat is recent)."""
-    if state.pid is None:
-        # Between the launcher's first write and the process start: give it a moment.
-        began = parse_iso(state.segment_started_at)
-        return None if began is not None and time.time() - began < STARTING_S else False
+    from here (another machine whose heartbeat is recent, or a process still starting).
+
+    On this machine the run's lock decides (held for the trainer's life, dropped by the kernel
+    when it ends). Runs without a lock file fall back to the pid, checked against its start in
+    clock ticks since boot; no wall-clock comparison is involved either way."""
     if state.host and state.host != socket.gethostname():
         beat = parse_iso(state.updated_at) or parse_iso(state.segment_started_at)
         if beat is not None and time.time() - beat < REMOTE_STALE_S:
@@ -210,25 +336,48 @@ def process_alive(state: RunState) -> bool | None:
     current_boot = boot_id()
     if state.boot_id and current_boot and state.boot_id != current_boot:
         return False
+    if run_dir is not None:
+        from runner import run_lock
+
+        held = run_lock.is_held(run_dir)
+        if held is not None:
+            return held
+    if state.pid is None:
+        # Between the launcher's first write and the process start: give it a moment.
+        began = parse_iso(state.segment_started_at)
+        return None if began is not None and time.time() - began < STARTING_S else False
     import psutil  # light, already a dependency; imported here to keep the module lean
 
     try:
         proc = psutil.Process(state.pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
             return False
-        if state.pid_create_time is not None:
-            return abs(proc.create_time() - state.pid_create_time) < 1.0
-        return True
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return False
+    if state.pid_start_ticks is not None:
+        return process_start_ticks(state.pid) == state.pid_start_ticks
+    if state.pid_create_time is not None:
+        try:
+            return abs(proc.create_time() - state.pid_create_time) < 1.0
+        except psutil.Error:
+            return False
+    return True
 
 
-def effective_status(state: RunState) -> RunStatus:
+def effective_status(state: RunState, run_dir: Path | None = None) -> RunStatus:
     """The status as a viewer should show it: `running`/`stopping` with no process left is
     `interrupted`."""
-    if state.status in ACTIVE and process_alive(state) is False:
+    if state.status in ACTIVE and process_alive(state, run_dir) is False:
         return "interrupted"
     return state.status
+
+
+def record_step(record: dict[str, Any]) -> int | None:
+    """The `step` of a metrics record, None when it is missing or not a whole number."""
+    value = record.get("step")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return int(value) if float(value).is_integer() and value >= 0 else None
 
 
 # ---------------------------------------------------------------- metrics.jsonl
@@ -349,7 +498,7 @@ class RunSummary:
 def summarize(run_dir: Path, state: RunState, now_s: float | None = None) -> RunSummary:
     """A summary from the state and the tail of the metrics."""
     now_s = time.time() if now_s is None else now_s
-    status = effective_status(state)
+    status = effective_status(state, run_dir)
     if status != state.status:
         state = state.model_copy(update={"status": status})
     records = _tail_records(run_dir / METRICS_FILE)
@@ -371,8 +520,12 @@ def summarize(run_dir: Path, state: RunState, now_s: float | None = None) -> Run
     eta_s: float | None = None
     steps_done = state.step - state.segment_start_step
     pace_s = now_s - pace_start if pace_start else 0.0
-    if status in ACTIVE and state.max_steps and steps_done > 0 and pace_s > 0:
-        eta_s = max(0, state.max_steps - state.step) * pace_s / steps_done
+    step_s = measured_step_s(records, seg_start)
+    if status in ACTIVE and state.max_steps:
+        if step_s is not None:
+            eta_s = max(0, state.max_steps - state.step) * step_s
+        elif steps_done > 0 and pace_s > 0:
+            eta_s = max(0, state.max_steps - state.step) * pace_s / steps_done
     cost = projected = None
     if state.price_usd_per_h is not None:
         cost = elapsed_s / 3600.0 * state.price_usd_per_h
@@ -398,6 +551,33 @@ def _num(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+# The ETA is paced by the steps logged after this many in a segment (the first steps carry the
+# warm-up: allocator growth, kernel selection, the first data batches) ...
+WARMUP_RECORDS = 2
+# ... over at most this many of the latest records, so a change of pace shows soon.
+PACE_RECORDS = 50
+
+
+def measured_step_s(records: list[dict[str, Any]], segment_start_s: float | None) -> float | None:
+    """Seconds per optimizer step measured between the training records of the current segment
+    (their `wall_time`), leaving out the first ones; None until there are enough."""
+    points = []
+    for record in records:
+        step, wall = record_step(record), record.get("wall_time")
+        if step is None or not _num(wall) or "loss" not in record:
+            continue
+        if segment_start_s is not None and wall < segment_start_s:
+            continue
+        points.append((step, float(wall)))
+    points = points[WARMUP_RECORDS:][-PACE_RECORDS:]
+    if len(points) < 2:
+        return None
+    (step0, wall0), (step1, wall1) = points[0], points[-1]
+    if step1 <= step0 or wall1 < wall0:
+        return None
+    return (wall1 - wall0) / (step1 - step0)
+
+
 # ---------------------------------------------------------------- the store
 
 
@@ -416,17 +596,24 @@ class RunStore:
             children = list(self.root.iterdir())
         except OSError:
             return []
-        return [p for p in children if p.is_dir() and (p / STATE_FILE).is_file()]
+        return [p for p in children if is_run_dir(p)]
 
     def list(self) -> list[RunSummary]:
-        """Every run with a readable state, newest first."""
+        """Every run, newest first; a run whose state.json is damaged is listed with a stand-in
+        state saying so (see `recovered_state`), never left out."""
         out: list[RunSummary] = []
         for run_dir in self._run_dirs():
-            state = read_state(run_dir)
-            if state is not None:
-                out.append(summarize(run_dir, state))
+            out.append(self._summary(run_dir))
         out.sort(key=lambda s: (s.state.started_at or "", s.run_id), reverse=True)
         return out
+
+    def _summary(self, run_dir: Path) -> RunSummary:
+        state, problem = read_state_checked(run_dir)
+        if state is None:
+            state = recovered_state(run_dir, problem or "state.json is unreadable")
+            if process_alive(state, run_dir):
+                state = state.model_copy(update={"status": "running"})
+        return summarize(run_dir, state)
 
     def resolve(self, run_id_or_dir: str | Path) -> Path:
         """The folder of a run given its id (under the root) or a path to its folder."""
@@ -435,7 +622,7 @@ class RunStore:
         if os.sep in text or Path(text).is_absolute() or text.startswith("."):
             candidates.insert(0, Path(text).expanduser())
         for cand in candidates:
-            if (cand / STATE_FILE).is_file():
+            if is_run_dir(cand):
                 return cand
         # A unique prefix is enough, as with git hashes.
         matches = [p for p in self._run_dirs() if p.name.startswith(text)] if text else []
@@ -448,12 +635,9 @@ class RunStore:
         raise RunError([f"{text}: no such run under {self.root}; runs there: {known}"])
 
     def get(self, run_id_or_dir: str | Path) -> RunSummary:
-        """One run's summary; RunError when there is no such run or its state is unreadable."""
-        run_dir = self.resolve(run_id_or_dir)
-        state = read_state(run_dir)
-        if state is None:
-            raise RunError([f"{run_dir / STATE_FILE}: unreadable run state"])
-        return summarize(run_dir, state)
+        """One run's summary (a damaged state.json as in `list`); RunError when there is no
+        such run."""
+        return self._summary(self.resolve(run_id_or_dir))
 
     # Launching and control live in runner.launch; imported on use.
 
@@ -483,6 +667,11 @@ class RunStore:
         from runner.launch import resume
 
         return resume(self.resolve(run_id))
+
+
+def is_run_dir(path: Path) -> bool:
+    """A run folder holds a state.json, or at least the config.yaml written before it."""
+    return path.is_dir() and ((path / STATE_FILE).is_file() or (path / CONFIG_FILE).is_file())
 
 
 def ensure_private_dir(path: Path) -> None:

@@ -3,14 +3,19 @@
 Reads the run folder's config.yaml, builds the model, adapter and TRL trainer, resumes from the
 newest complete checkpoint if there is one, and reports through the run folder only: rank 0
 writes state.json and metrics.jsonl; every rank's output goes to train.log. On SIGTERM it writes
-a checkpoint at the next step boundary and exits with status `interrupted`.
+a checkpoint at the next step boundary and exits with status `interrupted`; a SIGTERM before the
+first step (the launcher starts it with the signal blocked, so none is lost while Python starts)
+ends it at once, with nothing to save. It holds the run's lock (`runner.run_lock`) for its life.
 
 This module imports the training stack at import time; nothing else in tunedeck imports it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -27,21 +32,28 @@ import yaml
 from presets.schema import Preset
 from presets.store import PresetError, validate
 from runner import checkpoints as ckpt
+from runner import run_lock
 from runner.redact import redact, secret_values
 from runner.runs import (
     CHECKPOINTS_DIR,
     CONFIG_FILE,
     METRICS_FILE,
     OUTPUT_DIR,
+    STOP_REQUEST_FILE,
     boot_id,
     now_iso,
     parse_iso,
+    process_start_ticks,
     read_metrics,
     read_state,
+    record_step,
     update_state,
 )
 
-STOP_REQUEST_FILE = "stop-requested"
+# Exit code of a training process that finds another one holding its run.
+EXIT_BUSY = 3
+# Exit code when the run folder was deleted under a running trainer.
+EXIT_FOLDER_GONE = 4
 
 
 class TrainingFailure(Exception):
@@ -119,7 +131,9 @@ class Run:
     def say(self, message: str) -> None:
         """One line in train.log, from rank 0 only."""
         if self.is_rank0:
-            print(f"tunedeck: {message}", flush=True)
+            # On a full disk train.log takes nothing more; what matters is in state.json.
+            with contextlib.suppress(OSError):
+                print(f"tunedeck: {message}", flush=True)
 
     def set_state(self, durable: bool = True, **changes: Any) -> None:
         if self.writes_state:
@@ -137,19 +151,26 @@ class Run:
         except PresetError as exc:
             raise TrainingFailure("; ".join(exc.lines)) from None
 
-    def record_start(self, resume_step: int, resumed_from: str | None) -> None:
-        pgid = os.getpgid(0)
-        try:
-            leader_created = psutil.Process(pgid).create_time()
-        except psutil.Error:
-            leader_created = None
+    def record_start(self, resume_step: int, resumed_from: str | None, launched: bool) -> None:
+        process: dict[str, Any] = {}
+        if not launched:
+            # Started by hand rather than by `tunedeck run`/`resume`, which record the process.
+            pgid = os.getpgid(0)
+            try:
+                leader_created = psutil.Process(pgid).create_time()
+            except psutil.Error:
+                leader_created = None
+            process = {
+                "pid": pgid,
+                "pgid": pgid,
+                "pid_create_time": leader_created,
+                "pid_start_ticks": process_start_ticks(pgid),
+            }
         self.set_state(
             status="running",
-            pid=pgid,
-            pgid=pgid,
             host=socket.gethostname(),
             boot_id=boot_id(),
-            pid_create_time=leader_created,
+            **process,
             segment_start_step=resume_step,
             step=resume_step,
             resumed_from=resumed_from,
@@ -180,9 +201,60 @@ def _tokens_at(run_dir: Path, step: int) -> int:
     """TRL's token count at `step` in metrics.jsonl (0 when unknown), to continue it on resume."""
     count = 0
     for record in read_metrics(run_dir / METRICS_FILE):
-        if record.get("step", 0) <= step and isinstance(record.get("num_tokens"), int):
+        at = record_step(record)
+        if at is not None and at <= step and isinstance(record.get("num_tokens"), int):
             count = record["num_tokens"]
     return count
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """Whether a failure was the disk filling up (torch reports it in its own words)."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        text = str(seen)
+        if "No space left on device" in text or "file write failed" in text:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _disk_full_reason(run_dir: Path, exc: BaseException) -> str:
+    try:
+        free_mib = shutil.disk_usage(run_dir).free / 2**20
+        free = f"{free_mib:.0f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return (
+        f"disk full ({free} on the runs folder's disk): {first}; free some space "
+        "(or move the runs folder) and resume"
+    )
+
+
+def _finished_checkpoint(resume: ckpt.CheckpointInfo | None) -> bool:
+    """Whether the checkpoint to resume from already is the last step (a stop or a kill at the
+    last step): the run is then completed from it, without training a step more."""
+    if resume is None:
+        return False
+    max_steps = ckpt.trainer_max_steps(resume.path)
+    return max_steps is not None and 0 < max_steps <= resume.step
+
+
+def _quiet_libraries() -> None:
+    """Silence what would open every train.log with noise: weight-loading progress bars and
+    bitsandbytes' note that an optional CPU kernel package is absent (it uses its own)."""
+    import logging
+
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    import datasets
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
 
 
 def _oom(exc: BaseException) -> bool:
@@ -217,37 +289,73 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m runner.train RUN_DIR", file=sys.stderr)
         return 2
-    run = Run(Path(argv[0]).resolve())
+    from runner.train_callbacks import StopOnSignal
+
+    run_dir = Path(argv[0]).resolve()
+    stopper = StopOnSignal(run_dir=run_dir)
+    signal.signal(signal.SIGTERM, stopper.handle_signal)
+    signal.signal(signal.SIGINT, stopper.handle_signal)
+    # Own session already; a stray hang-up must not end a run either.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # The launcher blocks these until the handler above is in place: a stop sent while Python
+    # was starting is delivered now (the handler only notes it until the run is armed below).
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
+    lock_fd = run_lock.inherited(run_dir)
+    launched = lock_fd is not None or "LOCAL_RANK" in os.environ
+    if not launched:
+        # Started by hand: hold the lock ourselves, or leave the run to the one who does.
+        try:
+            lock_fd = run_lock.acquire(run_dir, retry_s=0)
+        except (run_lock.RunBusy, OSError) as exc:
+            print(f"tunedeck: {run_dir}: another trainer holds this run ({exc})", flush=True)
+            return EXIT_BUSY
+    run = Run(run_dir)
     output = RedactedOutput(run.secrets) if run.secrets else None
     try:
-        return _main(run)
+        return _main(run, stopper, launched)
     finally:
         if output is not None:
             output.close()
 
 
-def _main(run: Run) -> int:
+def _main(run: Run, stopper: Any, launched: bool) -> int:
+    from runner.train_callbacks import StopBeforeTraining
+
+    preset: Preset | None = None
+    try:
+        stopper.arm()  # from here a stop before the first step ends the process at once
+        checkpoints_dir = run.run_dir / CHECKPOINTS_DIR
+        resume = ckpt.latest_complete(checkpoints_dir)
+        resume_step = resume.step if resume else 0
+        stopper.on_stop = lambda step: run.set_state(status="stopping", step=step)
+        run.record_start(resume_step, str(resume.path) if resume else None, launched)
+        return _train(run, stopper, resume, checkpoints_dir)
+    except StopBeforeTraining:
+        by_user = (run.run_dir / STOP_REQUEST_FILE).exists()
+        run.record_end(
+            "interrupted",
+            0,
+            "stopped before the first step; a resume starts where the run was",
+            stopped_by_user=by_user,
+        )
+        run.say("stopped before the first step")
+        return 0
+    except BaseException as exc:
+        return _record_failure(run, exc, preset)
+
+
+def _train(
+    run: Run, stopper: Any, resume: ckpt.CheckpointInfo | None, checkpoints_dir: Path
+) -> int:
+    _quiet_libraries()
     from runner.train_build import BuildFailure, build_trainer
-    from runner.train_callbacks import CheckpointMarker, MetricsWriter, StopOnSignal
-
-    checkpoints_dir = run.run_dir / CHECKPOINTS_DIR
-    resume = ckpt.latest_complete(checkpoints_dir)
-    resume_step = resume.step if resume else 0
-
-    def on_stop(step: int) -> None:
-        run.set_state(status="stopping", step=step)
-
-    stopper = StopOnSignal(on_stop=on_stop)
-    signal.signal(signal.SIGTERM, stopper.handle_signal)
-    signal.signal(signal.SIGINT, stopper.handle_signal)
-    # Own session already; a stray hang-up must not end a run either.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    from runner.train_callbacks import CheckpointMarker, MetricsWriter
 
     if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
         # CPU runs are demos and tests on small models: extra threads gain little there and
         # cost 10x when the cores are shared (OpenMP threads spin against each other).
         torch.set_num_threads(1)
-    run.record_start(resume_step, str(resume.path) if resume else None)
+    resume_step = resume.step if resume else 0
     preset: Preset | None = None
     try:
         preset = run.load_preset()
@@ -271,10 +379,27 @@ def _main(run: Run) -> int:
         trainer = build_trainer(
             preset, run.run_dir, callbacks=[stopper, marker, metrics], world_size=run.world_size
         )
-        trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
+        if resume is not None and _finished_checkpoint(resume):
+            # Stopped or killed at the last step: that checkpoint is the final model.
+            from transformers import TrainerState
+
+            stopper.training_started()
+            trainer._load_from_checkpoint(str(resume.path))
+            trainer.state = TrainerState.load_from_json(str(resume.path / "trainer_state.json"))
+            run.say(f"{resume.path.name} is the last step: completing without training")
+        else:
+            trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
         step = trainer.state.global_step
         peak: dict[str, Any] = {"peak_gpu_mem_gib": metrics.peak_gpu_mem_gib}
-        if stopper.requested or (run.run_dir / STOP_REQUEST_FILE).exists():
+        if stopper.folder_gone:
+            print(
+                f"tunedeck: {run.run_dir} was deleted while training; stopped at step {step} "
+                "with nothing saved",
+                flush=True,
+            )
+            return EXIT_FOLDER_GONE
+        at_end = 0 < trainer.state.max_steps <= step
+        if (stopper.requested or (run.run_dir / STOP_REQUEST_FILE).exists()) and not at_end:
             if stopper.stopped_at_step is None:
                 # The signal came after the last step: the run is done, save it as such.
                 stopper.requested = False
@@ -294,19 +419,41 @@ def _main(run: Run) -> int:
         run.say(f"failed: {exc}")
         run.record_end("failed", 1, str(exc))
         return 1
-    except BaseException as exc:  # every failure is recorded in the run folder before leaving
-        traceback.print_exc()
-        if isinstance(exc, KeyboardInterrupt):
-            run.record_end("interrupted", 130, "interrupted before a checkpoint could be written")
-            return 130
-        if _oom(exc):
-            fix = _planner_fix(preset) if preset is not None else None
-            reason = "CUDA out of memory" + (f"; fix: {fix}" if fix else "")
-            run.record_end("failed", 1, reason, fix=fix)
-            return 1
+    except BaseException as exc:
+        from runner.train_callbacks import StopBeforeTraining
+
+        if isinstance(exc, StopBeforeTraining):
+            raise
+        return _record_failure(run, exc, preset)
+
+
+def _record_failure(run: Run, exc: BaseException, preset: Preset | None) -> int:
+    """Every failure is recorded in the run folder before the process leaves: the state first,
+    then the traceback into train.log (which, on a full disk, may not take it)."""
+    if isinstance(exc, KeyboardInterrupt):
+        code, status, reason, extra = (
+            130,
+            "interrupted",
+            "interrupted before a checkpoint could be written",
+            {},
+        )
+    elif _oom(exc):
+        fix = _planner_fix(preset) if preset is not None else None
+        code, status, extra = 1, "failed", {"fix": fix}
+        reason = "CUDA out of memory" + (f"; fix: {fix}" if fix else "")
+    elif _disk_full(exc):
+        code, status, reason, extra = 1, "failed", _disk_full_reason(run.run_dir, exc), {}
+    else:
         first = (str(exc).strip().splitlines() or [""])[0]
-        run.record_end("failed", 1, f"{type(exc).__name__}: {first}"[:500])
-        return 1
+        code, status, extra = 1, "failed", {}
+        reason = f"{type(exc).__name__}: {first}"[:500]
+    run.record_end(status, code, reason, **extra)
+    try:
+        traceback.print_exc()
+        sys.stderr.flush()
+    except OSError:
+        pass  # train.log is on the full disk; the reason is in state.json
+    return code
 
 
 if __name__ == "__main__":

@@ -29,32 +29,78 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-class StopOnSignal(TrainerCallback):
-    """After SIGTERM (or SIGINT), checkpoint at the next step boundary and stop.
+class StopBeforeTraining(BaseException):
+    """Raised by the signal handler when a stop comes before the first training step: nothing
+    is worth saving yet, so the process ends at once instead of loading a model first. A
+    BaseException, so that no library's `except Exception` swallows it."""
 
-    The signal handler only sets `requested`; the decision is taken in `on_step_end`, after the
-    optimizer step, so the checkpoint holds a consistent step. Ranks agree through an all-reduce
-    (any rank that saw the signal stops them all), otherwise one rank would leave the collective
-    ops of the others hanging. transformers' own `enable_jit_checkpoint` waits and then saves in
-    a way that did not resume exactly; a regular save at a step boundary does.
+
+# The run folder is looked for at most this often (a deleted folder ends the training).
+FOLDER_CHECK_S = 1.0
+
+
+class StopOnSignal(TrainerCallback):
+    """After SIGTERM (or SIGINT), checkpoint at the next step boundary and stop; before the
+    first step, stop at once (`StopBeforeTraining`). Also stops, saving nothing, when the run
+    folder has been deleted: the trainer must not keep a GPU busy for a run nobody can see.
+
+    The signal handler only sets `requested` once training runs; the decision is taken in
+    `on_step_end`, after the optimizer step, so the checkpoint holds a consistent step. Ranks
+    agree through an all-reduce (any rank that saw the signal stops them all), otherwise one rank
+    would leave the collective ops of the others hanging. transformers' own
+    `enable_jit_checkpoint` waits and then saves in a way that did not resume exactly; a regular
+    save at a step boundary does.
     """
 
-    def __init__(self, on_stop: Callable[[int], None] | None = None):
+    def __init__(self, run_dir: Path | None = None, on_stop: Callable[[int], None] | None = None):
         self.requested = False
         self.stopped_at_step: int | None = None
-        self._on_stop = on_stop
+        self.folder_gone = False
+        self.on_stop = on_stop
+        self._run_dir = run_dir
+        self._folder_id = _folder_id(run_dir) if run_dir is not None else None
+        self._folder_checked_s = 0.0
+        self._armed = False
+        self._training = False
+
+    def arm(self) -> None:
+        """From now until training starts, a stop ends the process at once."""
+        self._armed = True
+        if self.requested and not self._training:
+            raise StopBeforeTraining
+
+    def training_started(self) -> None:
+        self._training = True
 
     def handle_signal(self, signum: int, frame: Any) -> None:
         self.requested = True
+        if self._armed and not self._training:
+            raise StopBeforeTraining
 
-    def _agreed(self) -> bool:
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        self._training = True
+
+    def _folder_missing(self, saving: bool) -> bool:
+        if self._run_dir is None or self._folder_id is None:
+            return False
+        now_s = time.monotonic()
+        # Always before a save: the trainer would otherwise make the deleted folder again.
+        if not saving and now_s - self._folder_checked_s < FOLDER_CHECK_S:
+            return False
+        self._folder_checked_s = now_s
+        return _folder_id(self._run_dir) != self._folder_id
+
+    def _agreed(self, saving: bool) -> tuple[bool, bool]:
+        stop, gone = self.requested, self._folder_missing(saving)
         if not _distributed():
-            return self.requested
-        flag = torch.tensor([1 if self.requested else 0], dtype=torch.int32)
+            return stop, gone
+        flags = torch.tensor([int(stop), int(gone)], dtype=torch.int32)
         if dist.get_backend() == "nccl":
-            flag = flag.cuda()
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+            flags = flags.cuda()
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        return bool(flags[0].item()), bool(flags[1].item())
 
     def on_step_end(
         self,
@@ -63,14 +109,30 @@ class StopOnSignal(TrainerCallback):
         control: TrainerControl,
         **kwargs: Any,
     ) -> TrainerControl:
-        if self.stopped_at_step is None and self._agreed():
+        if self.stopped_at_step is not None:
+            return control
+        stop, gone = self._agreed(bool(control.should_save))
+        if gone:
+            self.folder_gone = True
+            self.stopped_at_step = state.global_step
+            control.should_save = False  # there is nowhere to save to
+            control.should_training_stop = True
+        elif stop:
             self.requested = True
             self.stopped_at_step = state.global_step
             control.should_save = True
             control.should_training_stop = True
-            if self._on_stop is not None and state.is_world_process_zero:
-                self._on_stop(state.global_step)
+            if self.on_stop is not None and state.is_world_process_zero:
+                self.on_stop(state.global_step)
         return control
+
+
+def _folder_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 class CheckpointMarker(TrainerCallback):
@@ -89,6 +151,8 @@ class CheckpointMarker(TrainerCallback):
         # save_on_each_node, else rank 0).
         if control.should_save and args.should_save:
             folder = self.checkpoints_dir / f"checkpoint-{state.global_step}"
+            if not self.checkpoints_dir.parent.is_dir():
+                return  # the run folder is gone: do not make it again
             folder.mkdir(parents=True, exist_ok=True)
             (folder / INCOMPLETE_MARKER).write_text("checkpoint being written\n")
 

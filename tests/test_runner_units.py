@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +32,25 @@ from fake_nvml import FakeGpu, FakeNvml
 
 
 def make_checkpoint(root: Path, step: int, adapter: bool = True) -> Path:
-    """A folder holding what the Trainer writes for a LoRA checkpoint."""
+    """A folder holding what the Trainer writes for a LoRA checkpoint, in the real formats
+    (safetensors weights, torch.save archives)."""
+    import torch
+    from safetensors.torch import save_file
+
     folder = root / f"checkpoint-{step}"
     folder.mkdir(parents=True)
     weights = "adapter_model.safetensors" if adapter else "model.safetensors"
-    for name in (weights, "optimizer.pt", "scheduler.pt", "rng_state.pth"):
-        (folder / name).write_bytes(b"\x00" * 64)
+    save_file({"lora_A": torch.ones(8, 4), "lora_B": torch.zeros(4, 8)}, folder / weights)
+    torch.save({"state": {0: {"exp_avg": torch.ones(64)}}}, folder / "optimizer.pt")
+    torch.save({"last_epoch": step}, folder / "scheduler.pt")
+    torch.save({"cpu": torch.get_rng_state()}, folder / "rng_state.pth")
     (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
     return folder
+
+
+def _truncate(path: Path, keep_fraction: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: max(1, int(len(data) * keep_fraction))])
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -60,7 +72,7 @@ def test_complete_checkpoint_and_each_way_of_being_torn(tmp_path: Path) -> None:
         assert problem in inspect_checkpoint(folder).problems
     folder = make_checkpoint(tmp_path, 20)
     (folder / "optimizer.pt").write_bytes(b"")  # created, never written
-    assert "no optimizer state" in inspect_checkpoint(folder).problems
+    assert "optimizer.pt is empty" in inspect_checkpoint(folder).problems
     folder = make_checkpoint(tmp_path, 21)
     (folder / "trainer_state.json").write_text('{"global_st')
     assert not inspect_checkpoint(folder).complete
@@ -71,6 +83,33 @@ def test_complete_checkpoint_and_each_way_of_being_torn(tmp_path: Path) -> None:
         folder = make_checkpoint(tmp_path, step)
         (folder / marker).write_text("")
         assert f"incomplete marker {marker}" in inspect_checkpoint(folder).problems
+
+
+def test_truncated_files_make_a_checkpoint_torn(tmp_path: Path) -> None:
+    """A file cut short by a hard kill or a full disk is still non-empty: its own header (the
+    safetensors length, the zip's central directory) tells."""
+    names = ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth")
+    for step, name in enumerate(names, start=30):
+        for fraction in (0.5, 0.98):
+            folder = make_checkpoint(tmp_path / f"{fraction}", step)
+            _truncate(folder / name, fraction)
+            problems = inspect_checkpoint(folder).problems
+            assert any(name in p and "truncated" in p for p in problems), (name, problems)
+    # Sharded weights: a torn shard named by the index.
+    folder = make_checkpoint(tmp_path, 40, adapter=False)
+    shard = folder / "model-00001-of-00001.safetensors"
+    (folder / "model.safetensors").rename(shard)
+    index = {"weight_map": {"lora_A": shard.name, "lora_B": shard.name}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert inspect_checkpoint(folder).complete
+    _truncate(shard)
+    assert not inspect_checkpoint(folder).complete
+    # The resume point falls back past the torn newest checkpoint.
+    root = tmp_path / "fallback"
+    make_checkpoint(root, 10)
+    _truncate(make_checkpoint(root, 20) / "optimizer.pt")
+    keep = latest_complete(root)
+    assert keep is not None and keep.step == 10
 
 
 def test_resume_point_skips_torn_ones_and_they_are_discarded(tmp_path: Path) -> None:
@@ -106,6 +145,85 @@ def test_truncate_metrics_keeps_each_step_once(tmp_path: Path) -> None:
     again = tail.read_new()
     assert tail.was_reset and [r["step"] for r in again] == steps
     assert truncate_metrics(tmp_path / "missing.jsonl", 3) == 0
+
+
+def test_a_damaged_line_in_the_middle_costs_only_itself(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    lines = [json.dumps({"step": s, "loss": 1.0 / s}) for s in range(1, 11)]
+    lines.insert(3, "\x00\x00garbage{")
+    lines.insert(6, json.dumps({"step": "seven", "loss": 1.0}))  # not a step
+    lines.insert(8, json.dumps(["not", "a", "record"]))
+    path.write_text("\n".join(lines) + "\n")
+    assert truncate_metrics(path, last_step=8) == 5  # the three bad lines, steps 9 and 10
+    steps = [json.loads(line)["step"] for line in path.read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6, 7, 8]
+
+
+def test_records_with_odd_steps_do_not_break_readers(tmp_path: Path) -> None:
+    from runner.runs import record_step, summarize
+
+    assert [record_step({"step": v}) for v in (3, 3.0, "3", None, True, -1, 2.5)] == [
+        3,
+        3,
+        None,
+        None,
+        None,
+        None,
+        None,
+    ]
+    run_dir = tmp_path / "odd"
+    run_dir.mkdir()
+    records = [{"step": "x", "loss": 1.0, "wall_time": "soon"}, {"step": 2, "loss": 0.5}]
+    (run_dir / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    state = RunState(run_id="odd", status="completed", step=2, max_steps=2)
+    assert summarize(run_dir, state).last_loss == 0.5
+
+
+def test_eta_follows_the_measured_step_time(tmp_path: Path) -> None:
+    """Two slow warm-up steps, then one step a second: the ETA is paced by the steady steps,
+    not by the average since the segment began."""
+    from runner.runs import measured_step_s, summarize
+
+    run_dir = tmp_path / "eta"
+    run_dir.mkdir()
+    start_s = 1_000_000.0
+    walls = [start_s + 30, start_s + 60] + [start_s + 60 + i for i in range(1, 21)]
+    records = [{"step": i + 1, "loss": 1.0, "wall_time": w} for i, w in enumerate(walls)]
+    (run_dir / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    assert measured_step_s(records, start_s) == pytest.approx(1.0)
+    assert measured_step_s(records[:3], start_s) is None  # not enough after the warm-up
+    # Records of an earlier segment do not pace this one.
+    assert measured_step_s(records, start_s + 10_000) is None
+    state = RunState(
+        run_id="eta",
+        status="running",
+        step=22,
+        max_steps=122,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        segment_started_at=datetime.fromtimestamp(start_s, timezone.utc).isoformat(),
+    )
+    summary = summarize(run_dir, state, now_s=start_s + 81)
+    assert summary.eta_s == pytest.approx(100.0)
+
+
+def test_liveness_without_a_lock_uses_start_ticks_not_the_clock(tmp_path: Path) -> None:
+    """A run folder without a lock file (written before locks existed): the pid's start in
+    clock ticks since boot decides, which a stepped wall clock cannot move."""
+    from runner.runs import process_alive, process_start_ticks
+
+    ticks = process_start_ticks(os.getpid())
+    assert ticks is not None
+    me = RunState(
+        run_id="me",
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        pid_create_time=1.0,  # what a wall clock stepped by decades would make of it
+        pid_start_ticks=ticks,
+    )
+    assert process_alive(me, tmp_path) is True
+    reused = me.model_copy(update={"pid_start_ticks": ticks + 1})
+    assert process_alive(reused, tmp_path) is False
 
 
 # ---------------------------------------------------------------- secrets

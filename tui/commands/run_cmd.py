@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from tui.commands.common import EXIT_FAILED, console, err_console, fail, print_json
 
@@ -274,32 +275,51 @@ def stop(
     runs_dir: RunsDirOption = None,
 ) -> None:
     """Stop a run: it writes a checkpoint at the next step and ends as interrupted."""
+    from runner.launch import settle_stopped, wait_until_gone
     from runner.launch import stop as stop_run
-    from runner.launch import wait_until_gone
     from runner.runs import RunError
 
     store = _store(runs_dir)
     try:
         run_dir = store.resolve(run_id)
         before = store.get(run_dir)
-        stop_run(run_dir, now=now)
+        warnings = stop_run(run_dir, now=now)
     except RunError as exc:
         fail(exc.lines)
+    for line in warnings:
+        err_console.print(Text.assemble(("warning: ", "yellow"), line), soft_wrap=True)
     if now:
-        console.print(f"killed {before.run_id}; resume continues from its last checkpoint")
+        from runner import checkpoints as ckpt
+        from runner.runs import CHECKPOINTS_DIR
+
+        latest = ckpt.latest_complete(run_dir / CHECKPOINTS_DIR)
+        console.print(
+            Text(
+                f"killed {before.run_id}; "
+                + (
+                    f"resume continues from checkpoint-{latest.step}"
+                    if latest
+                    else "no checkpoint was written yet: a resume starts from step 0"
+                )
+            )
+        )
         return
     if no_wait:
-        console.print(f"asked {before.run_id} to stop (checkpoint first)")
+        console.print(Text(f"asked {before.run_id} to stop (checkpoint first)"))
         return
     with console.status(f"{before.run_id}: writing a checkpoint and stopping..."):
-        wait_until_gone(before.state, timeout_s=900)
+        wait_until_gone(before.state, run_dir, timeout_s=900)
+    for line in settle_stopped(run_dir):
+        err_console.print(Text.assemble(("warning: ", "yellow"), line), soft_wrap=True)
     after = store.get(run_dir)
     console.print(
-        f"{after.run_id}: {after.state.status} at step {after.state.step}"
-        + (
-            f"; resume with: tunedeck resume {after.run_id}"
-            if after.state.status == "interrupted"
-            else ""
+        Text(
+            f"{after.run_id}: {after.state.status} at step {after.state.step}"
+            + (
+                f"; resume with: tunedeck resume {after.run_id}"
+                if after.state.status == "interrupted"
+                else ""
+            )
         )
     )
 
@@ -330,10 +350,14 @@ def resume(
             fail(exc.lines)
         _print_launched(result, as_json, "resumed")
         return
+    from runner.runs import STOP_REQUEST_FILE
+
     results, problems = [], []
     for s in store.list():
         if s.state.status != "interrupted" or not s.state.auto_resume or s.state.stopped_by_user:
             continue
+        if (s.run_dir / STOP_REQUEST_FILE).exists():
+            continue  # stopped by the user before the run could record it
         try:
             results.append(store.resume(s.run_id))
         except RunError as exc:
