@@ -1,0 +1,602 @@
+"""The probe: a preset's real training, run for a few steps on this box, before money is spent.
+
+`run_probe` checks the preset (model, data, strategy) as a launch would, writes a run-like probe
+folder (`config.yaml`, `train.log`), and starts `python -m runner.probe_worker` in its own process
+group: the real trainer (`runner.train_build.build_trainer`) over the longest examples of the
+data, longest first, at the preset's micro-batch and at a smaller one. From its
+`measurements.json` this module decides, without torch:
+
+- whether the run fits: the measured peak at the preset's micro-batch against the GPU's memory
+  less the planner's headroom (`planner.core.HEADROOM`); an out-of-memory is a "no";
+- the largest micro-batch that fits: activations are taken as linear in the micro-batch, with the
+  slope of torch's allocated peak between the two measured micro-batches, from the measured peak
+  of the larger one; never past a micro-batch that ran out of memory;
+- tokens/s and step time from the timed steps (the first, warm-up step left out), and the ETA and
+  cost over the planner's step count for the dataset;
+- the planner's own figures for the same preset and data beside them.
+
+The result is `probe.json` in the probe folder. This module never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from presets.store import preset_to_yaml, write_atomic
+from runner.runs import CONFIG_FILE, LOG_FILE, ensure_private_dir
+
+if TYPE_CHECKING:
+    from presets.schema import Preset
+    from runner.gpu import GpuSource
+
+PROBE_FILE = "probe.json"
+MEASURE_FILE = "measurements.json"
+"""Written by the probe process: the raw per-phase measurements."""
+PROBE_SUBDIR = "probe"
+"""Inside a run folder, where the probe that preceded it is kept (`run --probe`)."""
+DEFAULT_STEPS = 4
+DEFAULT_TIMEOUT_S = 1800.0
+# Extrapolation beyond what was measured stops at this many times the largest measured batch.
+EXTRAPOLATE_FACTOR = 8
+GIB = 1024**3
+STATUS_PREFIX = "tunedeck: probe: "
+
+
+class ProbeError(Exception):
+    """A probe that could not run or finish; `lines` say why, one problem each."""
+
+    def __init__(self, lines: list[str]):
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+# ---------------------------------------------------------------- before starting
+
+
+def check_probe(preset: Preset, gpu_source: GpuSource | None = None) -> list[str]:
+    """Problems that stop the probe before anything is started: the launch's own model and data
+    checks, and what one probe process cannot stand for."""
+    from runner.launch import preflight
+
+    pf = preflight(preset, check_data=True, gpu_source=gpu_source)
+    problems = list(pf.problems)
+    if preset.launch.nnodes > 1 or (
+        preset.launch.num_gpus > 1 and preset.launch.strategy in ("fsdp", "deepspeed-zero3")
+    ):
+        problems.append(
+            f"launch.strategy {preset.launch.strategy} over {preset.launch.num_gpus} GPU(s) x "
+            f"{preset.launch.nnodes} machine(s) shards the model: a probe runs one process on "
+            "one GPU and cannot measure it (probe a single-GPU variant, e.g. --set "
+            "launch.num_gpus=1 --set launch.strategy=single)"
+        )
+    return problems
+
+
+def new_probe_dir(root: Path, name: str) -> Path:
+    """A fresh `<name>-probe-<YYYYmmdd-HHMMSS>` folder under the runs root. It holds no
+    state.json, so run lists leave it out."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ProbeError([f"runs folder {root}: cannot create it ({exc.strerror})"]) from None
+    base = f"{name}-probe-{time.strftime('%Y%m%d-%H%M%S')}"
+    for candidate in [base] + [f"{base}-{i}" for i in range(2, 100)]:
+        path = root / candidate
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise ProbeError([f"runs folder {root}: cannot create {candidate} ({exc})"]) from None
+        ensure_private_dir(path)
+        return path
+    raise ProbeError([f"{base} already exists under {root}"])
+
+
+# ---------------------------------------------------------------- the probe process
+
+
+def _project_root() -> str:
+    return str(Path(__file__).resolve().parent.parent)
+
+
+class ProbeJob:
+    """The probe process of one probe folder: `start`, then `wait` (or `cancel`)."""
+
+    def __init__(
+        self, probe_dir: Path, steps: int = DEFAULT_STEPS, cap_bytes: int | None = None
+    ) -> None:
+        self.probe_dir = probe_dir
+        self.steps = steps
+        self.cap_bytes = cap_bytes
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0
+        self.status = "starting"
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "runner.probe_worker", str(self.probe_dir)]
+        cmd += ["--steps", str(self.steps)]
+        if self.cap_bytes is not None:
+            cmd += ["--cap-bytes", str(self.cap_bytes)]
+        return cmd
+
+    def start(self) -> None:
+        env = dict(os.environ)
+        env["PYTHONUNBUFFERED"] = "1"
+        env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (_project_root(), env.get("PYTHONPATH", "")) if p
+        )
+        log_path = self.probe_dir / LOG_FILE
+        with log_path.open("ab") as log:
+            log.write(f"--- {' '.join(self.command())}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                self.command(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.probe_dir,
+                env=env,
+                start_new_session=True,  # its own group: a cancel ends it and its children
+                close_fds=True,
+            )
+
+    def _read_status(self) -> str:
+        try:
+            with (self.probe_dir / LOG_FILE).open("rb") as fh:
+                fh.seek(self._log_offset)
+                chunk = fh.read()
+        except OSError:
+            return self.status
+        cut = chunk.rfind(b"\n")
+        if cut < 0:
+            return self.status
+        self._log_offset += cut + 1
+        for line in reversed(chunk[:cut].decode("utf-8", "replace").splitlines()):
+            if line.startswith(STATUS_PREFIX):
+                self.status = line[len(STATUS_PREFIX) :].strip()
+                break
+        return self.status
+
+    def wait(
+        self,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        on_status: Callable[[str], None] | None = None,
+        poll_s: float = 0.2,
+    ) -> int:
+        """The probe process's exit code; ProbeError when it runs past `timeout_s`."""
+        assert self.proc is not None, "start() first"
+        deadline = time.monotonic() + timeout_s
+        shown = ""
+        try:
+            while True:
+                code = self.proc.poll()
+                status = self._read_status()
+                if on_status is not None and status != shown:
+                    shown = status
+                    on_status(status)
+                if code is not None:
+                    return code
+                if time.monotonic() > deadline:
+                    self.cancel()
+                    raise ProbeError(
+                        [
+                            f"the probe did not finish within {timeout_s:.0f} s (last: {status}); "
+                            f"see {self.probe_dir / LOG_FILE}"
+                        ]
+                    )
+                time.sleep(poll_s)
+        except KeyboardInterrupt:
+            self.cancel()
+            raise
+
+    def cancel(self) -> None:
+        """End the probe process (its whole group) and wait for it."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        self.proc.wait(timeout=30)
+
+
+def _log_tail(probe_dir: Path, lines: int = 6) -> list[str]:
+    try:
+        text = (probe_dir / LOG_FILE).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    return [line for line in text.splitlines() if line.strip()][-lines:]
+
+
+def read_measurements(probe_dir: Path) -> dict[str, Any]:
+    path = probe_dir / MEASURE_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        tail = _log_tail(probe_dir)
+        raise ProbeError(
+            [f"the probe process ended without its measurements ({path})"]
+            + [f"  {line}" for line in tail]
+        ) from None
+    if not data.get("ok"):
+        raise ProbeError([f"probe failed: {data.get('error')}", f"log: {probe_dir / LOG_FILE}"])
+    return dict(data)
+
+
+# ---------------------------------------------------------------- the verdict
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """The memory the run is judged against."""
+
+    gib: float | None
+    source: str
+    """`--gpu-memory-gib`, `detected` (the GPU the probe ran on) or `none`."""
+
+
+def _gib(value_bytes: float | None) -> float | None:
+    return None if value_bytes is None else round(value_bytes / GIB, 4)
+
+
+def max_micro_batch(
+    phases: list[dict[str, Any]], usable_bytes: float, limit: int
+) -> tuple[int, float | None, str]:
+    """The largest micro-batch whose peak stays within `usable_bytes`, its activation slope in
+    bytes per example (None when it could not be measured) and how it was found. Measured
+    micro-batches count as measured; others lie on the line through the measured peak of the
+    largest good micro-batch with the slope of torch's allocated peak between two of them."""
+    good = sorted((p for p in phases if p["ok"]), key=lambda p: p["micro_batch"])
+    failed = [p["micro_batch"] for p in phases if not p["ok"]]
+    upper = min([limit, *[m - 1 for m in failed]])
+    if not good:
+        return 0, None, f"micro-batch {min(failed)} ran out of memory"
+    ref = good[-1]
+    slope: float | None = None
+    if len(good) >= 2:
+        low = good[0]
+        delta = ref["allocated_bytes"] - low["allocated_bytes"]
+        slope = max(0.0, delta / (ref["micro_batch"] - low["micro_batch"]))
+    measured = {p["micro_batch"]: p["fit_bytes"] for p in good}
+    best = 0
+    for m in range(1, upper + 1):
+        if m in measured:
+            peak: float | None = measured[m]
+        elif slope is not None:
+            peak = ref["fit_bytes"] + slope * (m - ref["micro_batch"])
+        else:
+            peak = None
+        if peak is None or peak > usable_bytes:
+            if m in measured or slope is not None:
+                break
+            continue
+        best = m
+    if slope is None:
+        how = "measured only (one micro-batch ran): not extrapolated"
+    else:
+        sizes = " and ".join(str(p["micro_batch"]) for p in (good[0], ref))
+        how = (
+            f"extrapolated from micro-batches {sizes}, activations linear in the micro-batch "
+            f"({slope / GIB * 1024:.2f} MiB per example)"
+        )
+    if failed:
+        how += f"; micro-batch {min(failed)} ran out of memory"
+    if best == upper == limit and not failed:
+        how += f"; capped at {limit} ({EXTRAPOLATE_FACTOR}x the largest measured)"
+    return best, slope, how
+
+
+def _timing(phase: dict[str, Any]) -> tuple[float | None, float | None, int]:
+    """(seconds per micro-batch step, tokens/s, steps timed), the first step left out when there
+    are others."""
+    times = phase.get("step_times_s") or []
+    tokens = phase.get("batch_tokens") or []
+    if times:
+        spent = sum(times)
+        counted = sum(tokens[1 : 1 + len(times)])
+        return spent / len(times), (counted / spent if spent > 0 else None), len(times)
+    first = phase.get("first_step_s")
+    if first and tokens:
+        return first, tokens[0] / first, 1
+    return None, None, 0
+
+
+def _planned(
+    preset: Preset, capacity: Capacity, gpu_name: str | None, rows: int, mean_tokens: float
+) -> tuple[Any, str | None]:
+    """The planner's option for this preset's method, on this data; (None, why) when it
+    cannot plan it."""
+    from planner import PlanError, plan, request_from_preset
+
+    try:
+        report = plan(
+            request_from_preset(
+                preset,
+                gpu=gpu_name if preset.gpu is None and capacity.source == "detected" else None,
+                gpu_memory_gib=capacity.gib,
+                num_gpus=preset.launch.num_gpus,
+                examples=rows,
+                avg_tokens=max(1, round(mean_tokens)),
+            )
+        )
+    except PlanError as exc:
+        return None, "; ".join(exc.lines)
+    option = report.option(preset.method)
+    if option is None:
+        return None, f"the planner has no {preset.method} option"
+    return (report, option), None
+
+
+def _fix(preset: Preset, fits: bool | None, best: int | None, plan_fix: str | None) -> str | None:
+    mb = int(preset.training.get("per_device_train_batch_size", 8))
+    accum = int(preset.training.get("gradient_accumulation_steps", 1))
+    if fits is not False:
+        return None
+    if best:
+        new_accum = math.ceil(mb * accum / best)
+        return (
+            f"--set training.per_device_train_batch_size={best} "
+            f"--set training.gradient_accumulation_steps={new_accum} "
+            f"(same {mb * accum} examples per optimizer step)"
+        )
+    return plan_fix or (
+        "even micro-batch 1 does not fit: shorten training.max_length, turn on "
+        "training.gradient_checkpointing, use QLoRA or a bigger GPU (`tunedeck plan` compares)"
+    )
+
+
+def analyse(
+    preset: Preset, measured: dict[str, Any], capacity: Capacity, probe_dir: Path
+) -> dict[str, Any]:
+    """probe.json's content: the measurements, the verdict and the planner's figures."""
+    from planner.core import HEADROOM
+
+    mb = int(measured["micro_batch"])
+    accum = int(preset.training.get("gradient_accumulation_steps", 1))
+    phases: list[dict[str, Any]] = measured["phases"]
+    own = next(p for p in phases if p["micro_batch"] == mb)
+    good = [p for p in phases if p["ok"]]
+    timed = own if own["ok"] else max(good, key=lambda p: p["micro_batch"], default=None)
+    usable = None if capacity.gib is None else capacity.gib * (1 - HEADROOM)
+    if not own["ok"]:
+        fits: bool | None = False
+    elif usable is None:
+        fits = None
+    else:
+        fits = own["fit_bytes"] <= usable * GIB
+    best: int | None = None
+    slope: float | None = None
+    how = "no GPU memory to judge against: give --gpu-memory-gib"
+    if usable is not None:
+        limit = EXTRAPOLATE_FACTOR * max(p["micro_batch"] for p in phases)
+        best, slope, how = max_micro_batch(phases, usable * GIB, limit)
+    elif not own["ok"]:
+        best = max((p["micro_batch"] for p in good if p["micro_batch"] < mb), default=0)
+        how = f"micro-batch {mb} ran out of memory; the largest that ran was {best}"
+
+    micro_step_s, tokens_per_s, timed_steps = _timing(timed) if timed else (None, None, 0)
+    step_time_s = None if micro_step_s is None else micro_step_s * accum
+    peak_phase = own if own["ok"] else None
+
+    gpu_name = measured.get("nvml_name") or (
+        measured["device"].split(" ", 1)[1] if measured["device_kind"] == "cuda" else None
+    )
+    planned, plan_note = _planned(
+        preset, capacity, gpu_name, int(measured["rows"]), float(measured["mean_tokens"])
+    )
+    report, option = planned if planned else (None, None)
+    total_steps = None
+    if option is not None and option.hours is not None and option.step_time_s > 0:
+        total_steps = math.ceil(option.hours * 3600 / option.step_time_s - 1e-6)
+    eta_longest_s = eta_s = cost = cost_longest = None
+    price = preset.price_usd_per_h
+    if price is None and report is not None and report.gpu is not None:
+        price = report.gpu.price_usd_per_h
+    if total_steps is not None and step_time_s is not None and timed is not None:
+        eta_longest_s = total_steps * step_time_s
+        subset = measured["longest_tokens"][: timed["micro_batch"] * int(measured["steps"])]
+        subset_mean = sum(subset) / len(subset) if subset else 0.0
+        # The probe's batches are the data's longest: scaled to the average example (time
+        # taken as linear in tokens), the same steps take this long.
+        ratio = min(1.0, measured["mean_tokens"] / subset_mean) if subset_mean else 1.0
+        eta_s = eta_longest_s * ratio
+        if price is not None:
+            cost = eta_s / 3600 * price * preset.launch.num_gpus
+            cost_longest = eta_longest_s / 3600 * price * preset.launch.num_gpus
+
+    first = phases[0]  # the probe's first batch: the preset's micro-batch, longest first
+    on_cuda = measured["device_kind"] == "cuda"
+    result: dict[str, Any] = {
+        "ok": True,
+        "probe_id": probe_dir.name,
+        "probe_dir": str(probe_dir),
+        "preset": preset.name,
+        "method": preset.method,
+        "trainer": preset.trainer,
+        "device": measured["device"],
+        "device_kind": measured["device_kind"],
+        "peak_source": (
+            "NVML device peak above the probe's start (CUDA context included), at least torch "
+            "max_memory_reserved + context"
+            if on_cuda
+            else "live-tensor count (bytes of live torch storages; the CPU has no allocator "
+            "peak); RSS growth reported beside it"
+        ),
+        "micro_batch": mb,
+        "gradient_accumulation_steps": accum,
+        "max_length": preset.training.get("max_length"),
+        "measured_peak_gib": _gib(peak_phase["fit_bytes"]) if peak_phase else None,
+        "torch_peak_allocated_gib": _gib(peak_phase["allocated_bytes"]) if peak_phase else None,
+        "torch_peak_reserved_gib": _gib(peak_phase["reserved_bytes"]) if peak_phase else None,
+        "nvml_device_peak_gib": _gib(peak_phase["device_bytes"]) if peak_phase else None,
+        "rss_growth_gib": _gib(peak_phase["rss_growth_bytes"]) if peak_phase else None,
+        "tokens_per_s": None if tokens_per_s is None else round(tokens_per_s, 3),
+        "micro_step_time_s": None if micro_step_s is None else round(micro_step_s, 5),
+        "step_time_s": None if step_time_s is None else round(step_time_s, 5),
+        "timed_steps": timed_steps,
+        "timed_micro_batch": timed["micro_batch"] if timed else None,
+        "gpu_memory_gib": capacity.gib,
+        "gpu_memory_source": capacity.source,
+        "headroom": HEADROOM,
+        "usable_gib": None if usable is None else round(usable, 4),
+        "fits": fits,
+        "failed_micro_batch": min((p["micro_batch"] for p in phases if not p["ok"]), default=None),
+        "max_micro_batch": best,
+        "max_micro_batch_how": how,
+        "activation_gib_per_example": _gib(slope),
+        "total_steps": total_steps,
+        "eta_s": None if eta_s is None else round(eta_s, 1),
+        "eta_longest_s": None if eta_longest_s is None else round(eta_longest_s, 1),
+        "price_usd_per_h": price,
+        "cost_usd": None if cost is None else round(cost, 4),
+        "cost_longest_usd": None if cost_longest is None else round(cost_longest, 4),
+        # The planner's figure for what was measured: the device peak on CUDA; on the CPU,
+        # which has no CUDA context or caching allocator, torch's peak.
+        "planned_peak_gib": None
+        if option is None
+        else round(option.device_peak_gib if on_cuda else option.torch_peak_gib, 4),
+        "planned_device_peak_gib": None if option is None else round(option.device_peak_gib, 4),
+        "planned_torch_peak_gib": None if option is None else round(option.torch_peak_gib, 4),
+        "planned_tokens_per_s": None if option is None else round(option.tokens_per_s, 3),
+        "planned_step_time_s": None if option is None else round(option.step_time_s, 5),
+        "planned_fits": None if option is None else option.fits,
+        "planned_eta_s": None if option is None or option.hours is None else option.hours * 3600,
+        "planned_cost_usd": None if option is None else option.cost_usd,
+        "planned_gpu": None if report is None or report.gpu is None else report.gpu.name,
+        "plan_note": plan_note,
+        "first_batch": {
+            "micro_batch": first["micro_batch"],
+            "rows": first["first_rows"],
+            "tokens": first["first_rows_tokens"],
+            "collated_tokens": (first.get("batch_rows") or [[]])[0],
+        },
+        "data": {
+            "rows": measured["rows"],
+            "mean_tokens": round(float(measured["mean_tokens"]), 2),
+            "max_tokens": measured["max_tokens"],
+        },
+        "phases": [
+            {
+                "micro_batch": p["micro_batch"],
+                "ok": p["ok"],
+                "error": p["error"],
+                "peak_gib": _gib(p["fit_bytes"]),
+                "torch_allocated_gib": _gib(p["allocated_bytes"]),
+                "torch_reserved_gib": _gib(p["reserved_bytes"]),
+                "steps_done": p["steps_done"],
+                "first_step_s": p["first_step_s"],
+                "step_times_s": p["step_times_s"],
+                "batch_tokens": p["batch_tokens"],
+            }
+            for p in phases
+        ],
+    }
+    result["fix"] = _fix(preset, fits, best, option.fix if option is not None else None)
+    result["verdict"] = verdict_line(result)
+    return result
+
+
+def fmt_gib(value: float | None) -> str:
+    """GiB with the digits a small demo and an 80 GB card both need."""
+    if value is None:
+        return "-"
+    if value >= 10:
+        return f"{value:.1f} GiB"
+    if value >= 0.1:
+        return f"{value:.2f} GiB"
+    return f"{value * 1024:.1f} MiB"
+
+
+def verdict_line(result: dict[str, Any]) -> str:
+    """One line: fits or not, with the figures that decide it."""
+    mb = result["micro_batch"]
+    peak = result["measured_peak_gib"]
+    total = result["gpu_memory_gib"]
+    if result["fits"] is False and peak is None:
+        return f"does not fit: micro-batch {result['failed_micro_batch']} ran out of memory" + (
+            f" on {fmt_gib(total)}" if total else ""
+        )
+    if result["fits"] is None:
+        return (
+            f"measured {fmt_gib(peak)} at micro-batch {mb}; no GPU memory to judge against "
+            "(--gpu-memory-gib)"
+        )
+    word = "fits" if result["fits"] else "does not fit"
+    return (
+        f"{word}: {fmt_gib(peak)} measured at micro-batch {mb}, of {fmt_gib(result['usable_gib'])} "
+        f"usable ({fmt_gib(total)} less {100 * result['headroom']:.0f} % headroom)"
+    )
+
+
+# ---------------------------------------------------------------- the whole probe
+
+
+def run_probe(
+    preset: Preset,
+    probe_dir: Path,
+    gpu_memory_gib: float | None = None,
+    steps: int = DEFAULT_STEPS,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    on_status: Callable[[str], None] | None = None,
+    on_start: Callable[[ProbeJob], None] | None = None,
+) -> dict[str, Any]:
+    """Probe `preset` in `probe_dir` (already created) and return probe.json's content.
+    `gpu_memory_gib` judges (and caps) the run as if the GPU had that much memory; without
+    it the GPU the probe ran on is used, and on the CPU there is nothing to judge against."""
+    if steps < 2:
+        raise ProbeError([f"--steps {steps}: at least 2 (the first step is warm-up)"])
+    if gpu_memory_gib is not None and gpu_memory_gib <= 0:
+        raise ProbeError([f"--gpu-memory-gib {gpu_memory_gib}: must be more than 0"])
+    write_atomic(probe_dir / CONFIG_FILE, preset_to_yaml(preset), mode=0o600)
+    cap = None if gpu_memory_gib is None else int(gpu_memory_gib * GIB)
+    job = ProbeJob(probe_dir, steps=steps, cap_bytes=cap)
+    job.start()
+    if on_start is not None:
+        on_start(job)
+    job.wait(timeout_s=timeout_s, on_status=on_status)
+    try:
+        measured = read_measurements(probe_dir)
+    except ProbeError as exc:
+        _write_result(probe_dir, {"ok": False, "probe_id": probe_dir.name, "error": exc.lines})
+        raise
+    if gpu_memory_gib is not None:
+        capacity = Capacity(gpu_memory_gib, "--gpu-memory-gib")
+    elif measured.get("device_memory_total_bytes"):
+        capacity = Capacity(measured["device_memory_total_bytes"] / GIB, "detected")
+    else:
+        capacity = Capacity(None, "none")
+    result = analyse(preset, measured, capacity, probe_dir)
+    _write_result(probe_dir, result)
+    return result
+
+
+def _write_result(probe_dir: Path, result: dict[str, Any]) -> None:
+    write_atomic(probe_dir / PROBE_FILE, json.dumps(result, indent=2) + "\n", mode=0o600)
+
+
+def keep_in_run(probe_dir: Path, run_dir: Path) -> Path:
+    """Move a probe folder into the run it preceded (`RUN/probe/`), updating its recorded
+    place; returns the new folder."""
+    target = run_dir / PROBE_SUBDIR
+    os.replace(probe_dir, target)
+    path = target / PROBE_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return target
+    data["probe_dir"] = str(target)
+    data["run_id"] = run_dir.name
+    _write_result(target, data)
+    return target
