@@ -63,6 +63,15 @@ class ProbeError(Exception):
 # ---------------------------------------------------------------- before starting
 
 
+def ensure_inputs(preset: Preset) -> None:
+    """Build the demo model and data when the preset trains on them (as `tunedeck demo` does);
+    OSError when they cannot be written."""
+    if "{data_dir}/demo" in preset.model or "{data_dir}/demo" in preset.dataset.path:
+        from runner.demo import ensure_demo
+
+        ensure_demo()
+
+
 def check_probe(preset: Preset, gpu_source: GpuSource | None = None) -> list[str]:
     """Problems that stop the probe before anything is started: the launch's own model and data
     checks, and what one probe process cannot stand for."""
@@ -336,20 +345,25 @@ def _planned(
     option = report.option(preset.method)
     if option is None:
         return None, f"the planner has no {preset.method} option"
-    return (report, option), None
+    note = (
+        None if report.gpu is not None else "no GPU to plan for: the planner's speed is an H100's"
+    )
+    return (report, option), note
 
 
 def _fix(preset: Preset, fits: bool | None, best: int | None, plan_fix: str | None) -> str | None:
-    mb = int(preset.training.get("per_device_train_batch_size", 8))
-    accum = int(preset.training.get("gradient_accumulation_steps", 1))
+    """What to change when the probe says it does not fit: the largest micro-batch that fits and
+    divides the examples per optimizer step, with the accumulation that keeps that number."""
     if fits is not False:
         return None
+    mb = int(preset.training.get("per_device_train_batch_size", 8))
+    per_step = mb * int(preset.training.get("gradient_accumulation_steps", 1))
     if best:
-        new_accum = math.ceil(mb * accum / best)
+        new_mb = max(d for d in range(1, min(best, per_step) + 1) if per_step % d == 0)
         return (
-            f"--set training.per_device_train_batch_size={best} "
-            f"--set training.gradient_accumulation_steps={new_accum} "
-            f"(same {mb * accum} examples per optimizer step)"
+            f"--set training.per_device_train_batch_size={new_mb} "
+            f"--set training.gradient_accumulation_steps={per_step // new_mb} "
+            f"(the same {per_step} examples per optimizer step)"
         )
     return plan_fix or (
         "even micro-batch 1 does not fit: shorten training.max_length, turn on "

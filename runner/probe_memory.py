@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import threading
 import weakref
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import psutil
-import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_map_only
 
 from runner.gpu import GpuSource
 
@@ -56,59 +54,85 @@ class PhasePeak:
         return max(floor, self.device_bytes or 0)
 
 
-class LiveTensorCounter(TorchDispatchMode):
-    """Counts the bytes of live tensor storages created under it (and of those `adopt`ed), with
-    the peak since the last `reset_peak`. Raises `torch.OutOfMemoryError` past `cap_bytes`."""
+class MemoryCapExceeded(Exception):
+    """Raised by `StorageLedger.add` past its cap; the counter turns it into torch's own
+    out-of-memory error."""
+
+
+class StorageLedger:
+    """Bytes of live storages, each counted once and released when it is freed, with the peak
+    since the last `reset_peak`. Plain Python: the dispatch mode below feeds it."""
 
     def __init__(self, cap_bytes: int | None = None) -> None:
-        super().__init__()
         self.cap_bytes = cap_bytes
         self.live_bytes = 0
         self.peak_bytes = 0
-        self._tracked: dict[int, tuple[int, int]] = {}
-        self._tokens = 0
+        self._entries: dict[int, tuple[int, int]] = {}
+        self._serial = 0
 
-    def adopt(self, tensors: Any) -> None:
-        """Count tensors that exist already (the model's weights)."""
-        for tensor in tensors:
-            self._track(tensor, check=False)
+    def add(self, storage: Any, key: int, nbytes: int, check: bool = True) -> None:
+        """Count `storage` (identified by `key`, its address) unless it is counted already;
+        MemoryCapExceeded when that takes the live bytes past the cap."""
+        if nbytes == 0 or key in self._entries:
+            return
+        self._serial += 1
+        self._entries[key] = (self._serial, nbytes)
+        weakref.finalize(storage, self._release, key, self._serial)
+        self.live_bytes += nbytes
+        self.peak_bytes = max(self.peak_bytes, self.live_bytes)
+        if check and self.cap_bytes is not None and self.live_bytes > self.cap_bytes:
+            raise MemoryCapExceeded(
+                f"probe memory cap: {self.live_bytes} bytes of live tensors, more than the "
+                f"{self.cap_bytes} bytes allowed"
+            )
+
+    def _release(self, key: int, serial: int) -> None:
+        # The address may have been reused by a newer storage since; only release our own.
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] == serial:
+            del self._entries[key]
+            self.live_bytes -= entry[1]
 
     def reset_peak(self) -> None:
         self.peak_bytes = self.live_bytes
 
-    def _track(self, tensor: torch.Tensor, check: bool = True) -> None:
+
+def live_tensor_counter(ledger: StorageLedger) -> Any:
+    """A `TorchDispatchMode` that records every tensor storage its operations create in
+    `ledger`, and raises `torch.OutOfMemoryError` past the ledger's cap."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_map_only
+
+    def track(tensor: torch.Tensor) -> None:
+        record(tensor, check=True)
+
+    def record(tensor: torch.Tensor, check: bool) -> None:
         if tensor.device.type == "meta":
             return
         try:
             storage = tensor.untyped_storage()
         except (RuntimeError, NotImplementedError):  # sparse and other storage-less tensors
             return
-        nbytes = storage.nbytes()
-        key = storage.data_ptr()
-        if nbytes == 0 or key in self._tracked:
-            return
-        self._tokens += 1
-        self._tracked[key] = (self._tokens, nbytes)
-        weakref.finalize(storage, self._free, key, self._tokens)
-        self.live_bytes += nbytes
-        self.peak_bytes = max(self.peak_bytes, self.live_bytes)
-        if check and self.cap_bytes is not None and self.live_bytes > self.cap_bytes:
-            raise torch.OutOfMemoryError(
-                f"probe memory cap: {self.live_bytes} bytes of live tensors, more than the "
-                f"{self.cap_bytes} bytes allowed"
-            )
+        try:
+            ledger.add(storage, storage.data_ptr(), storage.nbytes(), check=check)
+        except MemoryCapExceeded as exc:
+            raise torch.OutOfMemoryError(str(exc)) from None
 
-    def _free(self, key: int, token: int) -> None:
-        # The address may have been reused by a newer storage since; only free our own entry.
-        entry = self._tracked.get(key)
-        if entry is not None and entry[0] == token:
-            del self._tracked[key]
-            self.live_bytes -= entry[1]
+    class LiveTensorCounter(TorchDispatchMode):
+        def adopt(self, tensors: Any) -> None:
+            """Count tensors that exist already (the model's weights)."""
+            for tensor in tensors:
+                record(tensor, check=False)
 
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        tree_map_only(torch.Tensor, self._track, out)
-        return out
+        def __torch_dispatch__(
+            self, func: Any, types: Any, args: Any = (), kwargs: Any = None
+        ) -> Any:
+            out = func(*args, **(kwargs or {}))
+            tree_map_only(torch.Tensor, track, out)
+            return out
+
+    return LiveTensorCounter()
 
 
 class DeviceSampler:
@@ -184,10 +208,14 @@ class MemoryMeter:
     """The peaks of one phase at a time, on the device the probe trains on."""
 
     def __init__(self, on_cuda: bool, cap_bytes: int | None) -> None:
+        import torch
+
+        self._torch = torch
         self.on_cuda = on_cuda
         # Sampled before CUDA is touched: the baseline excludes this process's context.
         self.sampler = DeviceSampler(on_cuda)
-        self.counter: LiveTensorCounter | None = None
+        self.ledger: StorageLedger | None = None
+        self.counter: Any = None
         self.context_bytes: int | None = None
         if on_cuda:
             torch.cuda.init()
@@ -201,7 +229,8 @@ class MemoryMeter:
                 total = torch.cuda.get_device_properties(0).total_memory
                 torch.cuda.set_per_process_memory_fraction(min(1.0, cap_bytes / total))
         else:
-            self.counter = LiveTensorCounter(cap_bytes)
+            self.ledger = StorageLedger(cap_bytes)
+            self.counter = live_tensor_counter(self.ledger)
         self.sampler.start()
 
     def adopt(self, model: Any) -> None:
@@ -210,33 +239,32 @@ class MemoryMeter:
 
     def start_phase(self) -> None:
         if self.on_cuda:
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-        elif self.counter is not None:
-            self.counter.reset_peak()
+            self._torch.cuda.empty_cache()
+            self._torch.cuda.reset_peak_memory_stats()
+        elif self.ledger is not None:
+            self.ledger.reset_peak()
         self.sampler.reset()
 
-    def counting(self) -> Any:
+    def counting(self) -> AbstractContextManager[Any]:
         """The context to train under: the live-tensor counter on the CPU, nothing on CUDA."""
-        from contextlib import nullcontext
-
         return self.counter if self.counter is not None else nullcontext()
 
     def end_phase(self) -> PhasePeak:
+        cuda = self._torch.cuda
         if self.on_cuda:
-            torch.cuda.synchronize()
+            cuda.synchronize()
         device, rss = self.sampler.peaks()
         if self.on_cuda:
             return PhasePeak(
-                allocated_bytes=torch.cuda.max_memory_allocated(),
-                reserved_bytes=torch.cuda.max_memory_reserved(),
+                allocated_bytes=cuda.max_memory_allocated(),
+                reserved_bytes=cuda.max_memory_reserved(),
                 device_bytes=device,
                 rss_growth_bytes=rss,
                 context_bytes=self.context_bytes,
             )
-        assert self.counter is not None
+        assert self.ledger is not None
         return PhasePeak(
-            allocated_bytes=self.counter.peak_bytes,
+            allocated_bytes=self.ledger.peak_bytes,
             reserved_bytes=None,
             device_bytes=None,
             rss_growth_bytes=rss,

@@ -8,7 +8,8 @@ the preset's is 1), and once more at half the preset's when it ran out of memory
 peak memory, step times and tokens go to PROBE_DIR/measurements.json; `runner.probe` turns them
 into the verdict. Output goes to PROBE_DIR/train.log.
 
-This module imports the training stack; nothing in the CLI or the app imports it.
+It runs the training stack (imported inside the functions, so walking the package stays light);
+nothing in the CLI or the app imports it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from presets.schema import Preset
@@ -103,6 +103,7 @@ class BatchRecorder:
 
 
 def _step_timer(on_cuda: bool) -> Any:
+    import torch
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
@@ -126,6 +127,8 @@ def _step_timer(on_cuda: bool) -> Any:
 
 
 def _oom(exc: BaseException) -> bool:
+    import torch
+
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
@@ -190,6 +193,8 @@ def _run_phase(
 
 
 def measure(probe_dir: Path, steps: int, cap_bytes: int | None) -> dict[str, Any]:
+    import torch
+
     from runner.probe_memory import MemoryMeter
     from runner.train_build import build_trainer
 
