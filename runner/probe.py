@@ -91,6 +91,15 @@ def check_probe(preset: Preset, gpu_source: GpuSource | None = None) -> list[str
     return problems
 
 
+def option_problems(steps: int, gpu_memory_gib: float | None) -> list[str]:
+    problems = []
+    if steps < 2:
+        problems.append(f"--steps {steps}: give at least 2 (the first step is warm-up)")
+    if gpu_memory_gib is not None and not gpu_memory_gib > 0:
+        problems.append(f"--gpu-memory-gib {gpu_memory_gib}: give a size in GiB above 0")
+    return problems
+
+
 def new_probe_dir(root: Path, name: str) -> Path:
     """A fresh `<name>-probe-<YYYYmmdd-HHMMSS>` folder under the runs root. It holds no
     state.json, so run lists leave it out."""
@@ -466,7 +475,11 @@ def analyse(
         "headroom": HEADROOM,
         "usable_gib": None if usable is None else round(usable, 4),
         "fits": fits,
-        "failed_micro_batch": min((p["micro_batch"] for p in phases if not p["ok"]), default=None),
+        # The preset's own micro-batch when it failed: that is the verdict; others are listed.
+        "failed_micro_batch": mb
+        if not own["ok"]
+        else min((p["micro_batch"] for p in phases if not p["ok"]), default=None),
+        "failed_micro_batches": [p["micro_batch"] for p in phases if not p["ok"]],
         "max_micro_batch": best,
         "max_micro_batch_how": how,
         "activation_gib_per_example": _gib(slope),
@@ -569,10 +582,9 @@ def run_probe(
     """Probe `preset` in `probe_dir` (already created) and return probe.json's content.
     `gpu_memory_gib` judges (and caps) the run as if the GPU had that much memory; without
     it the GPU the probe ran on is used, and on the CPU there is nothing to judge against."""
-    if steps < 2:
-        raise ProbeError([f"--steps {steps}: at least 2 (the first step is warm-up)"])
-    if gpu_memory_gib is not None and gpu_memory_gib <= 0:
-        raise ProbeError([f"--gpu-memory-gib {gpu_memory_gib}: must be more than 0"])
+    problems = option_problems(steps, gpu_memory_gib)
+    if problems:
+        raise ProbeError(problems)
     write_atomic(probe_dir / CONFIG_FILE, preset_to_yaml(preset), mode=0o600)
     cap = None if gpu_memory_gib is None else int(gpu_memory_gib * GIB)
     job = ProbeJob(probe_dir, steps=steps, cap_bytes=cap)

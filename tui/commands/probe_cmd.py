@@ -22,10 +22,12 @@ GpuMemoryOption = Annotated[
     ),
 ]
 StepsOption = Annotated[
-    int, typer.Option("--steps", help="Steps per measured micro-batch; the first is warm-up.")
+    int | None,
+    typer.Option("--steps", help="Steps per measured micro-batch, the first one warm-up [4]."),
 ]
 TimeoutOption = Annotated[
-    float, typer.Option("--timeout-s", help="Give up on the probe after this many seconds.")
+    float | None,
+    typer.Option("--timeout-s", help="Give up on the probe after this many seconds [1800]."),
 ]
 
 
@@ -49,17 +51,29 @@ def _probe(
     preset: Preset,
     root: Path,
     gpu_memory_gib: float | None,
-    steps: int,
-    timeout_s: float,
+    steps: int | None,
+    timeout_s: float | None,
     as_json: bool,
 ) -> dict[str, Any]:
     """Check, probe and return probe.json's content; bad input and a failed probe end the
     command with a clear message."""
-    from runner.probe import ProbeError, check_probe, new_probe_dir, run_probe
+    from runner.probe import (
+        DEFAULT_STEPS,
+        DEFAULT_TIMEOUT_S,
+        ProbeError,
+        check_probe,
+        new_probe_dir,
+        option_problems,
+        run_probe,
+    )
 
-    if as_json:
+    steps = DEFAULT_STEPS if steps is None else steps
+    timeout_s = DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s
+
+    problems = option_problems(steps, gpu_memory_gib)
+    if not problems and as_json:
         problems = check_probe(preset)
-    else:
+    elif not problems:
         with console.status("checking the preset and its data..."):
             problems = check_probe(preset)
     if problems:
@@ -102,8 +116,8 @@ def probe(
         typer.Option("--runs-dir", help="Where the probe folder goes (default: the runs folder)."),
     ] = None,
     gpu_memory_gib: GpuMemoryOption = None,
-    steps: StepsOption = 4,
-    timeout_s: TimeoutOption = 1800.0,
+    steps: StepsOption = None,
+    timeout_s: TimeoutOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print probe.json.")] = False,
 ) -> None:
     """Run the preset's real training for a few steps over its longest examples, measure peak
@@ -133,11 +147,13 @@ def probe_then_launch(
     node_rank: int,
     master_addr: str | None,
     master_port: int,
+    gpu_memory_gib: float | None = None,
 ) -> None:
     """`tunedeck run --probe`: probe, refuse with the probe's verdict when it does not fit
     (unless forced), else launch; the probe is kept in the run folder (`RUN/probe/`). The probe
     is the measured answer, so a planner estimate that says "does not fit" does not refuse a
-    run the probe saw fit."""
+    run the probe saw fit. `gpu_memory_gib` judges the probe as `tunedeck probe
+    --gpu-memory-gib` does (default: the GPU it runs on)."""
     from presets import locations
     from runner.launch import Distributed, launch
     from runner.probe import keep_in_run
@@ -149,7 +165,7 @@ def probe_then_launch(
     if dist.nnodes > 1:
         fail(["--probe runs on this machine alone; a run over several machines cannot be probed"])
     root = locations.runs_dir(runs_dir)
-    result = _probe(preset, root, None, 4, 1800.0, as_json)
+    result = _probe(preset, root, gpu_memory_gib, None, None, as_json)
     if result["fits"] is False and not force:
         if as_json:
             print_json({"probe": result, "launched": False})

@@ -23,7 +23,9 @@ def _rate(value: float | None) -> str:
 def _seconds(value: float | None) -> str:
     if value is None:
         return "-"
-    return f"{value:.3f} s" if value < 10 else f"{value:.1f} s"
+    if value < 0.1:
+        return f"{value * 1000:.2g} ms" if value < 0.01 else f"{value * 1000:.0f} ms"
+    return f"{value:.2f} s" if value < 10 else f"{value:.1f} s"
 
 
 def probe_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
