@@ -41,16 +41,18 @@ def say(message: str) -> None:
 
 
 def probe_preset(preset: Preset, steps: int) -> Preset:
-    """The preset as the probe trains it: no evaluation, no checkpoints, one micro-batch per
-    optimizer step (accumulation changes the step time, not the peak), the data in the order
-    given (longest first), and the collator in this process (no loader workers), so the batches
-    that went in can be recorded."""
+    """The preset as the probe trains it: no evaluation, no checkpoints, nothing pushed to the
+    hub, one micro-batch per optimizer step (accumulation changes the step time, not the peak),
+    the data in the order given (longest first), and the collator in this process (no loader
+    workers), so the batches that went in can be recorded."""
     training = dict(preset.training)
     training.update(
         max_steps=steps,
         eval_strategy="no",
+        eval_on_start=False,
         save_strategy="no",
         load_best_model_at_end=False,
+        push_to_hub=False,
         logging_steps=1,
         gradient_accumulation_steps=1,
         train_sampling_strategy="sequential",

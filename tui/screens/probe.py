@@ -44,6 +44,7 @@ class ProbeScreen(Screen[None]):
         self.preset = preset
         self.result: dict[str, Any] | None = None
         self._job: Any = None
+        self._closed = False
 
     def compose(self) -> ComposeResult:
         yield Static(Text(f"probe ─ {self.preset.name}"), id="probe-title", classes="title-bar")
@@ -92,7 +93,10 @@ class ProbeScreen(Screen[None]):
         self.post_message(self.Finished(result, None))
 
     def _started(self, job: Any) -> None:
+        """Called from the worker once the probe process exists."""
         self._job = job
+        if self._closed:  # left while the preset was still being checked
+            job.cancel()
 
     @on(Status)
     def _status(self, message: Status) -> None:
@@ -116,6 +120,7 @@ class ProbeScreen(Screen[None]):
         )
 
     def on_unmount(self) -> None:
+        self._closed = True
         if self._job is not None:
             self._job.cancel()
 
