@@ -50,6 +50,8 @@ DEFAULT_TIMEOUT_S = 1800.0
 EXTRAPOLATE_FACTOR = 8
 GIB = 1024**3
 STATUS_PREFIX = "tunedeck: probe: "
+LOAD_OOM = "out of memory while loading the model"
+"""How the probe process words a model that did not fit on the card before any step."""
 
 
 class ProbeError(Exception):
@@ -280,7 +282,8 @@ def max_micro_batch(
     failed = [p["micro_batch"] for p in phases if not p["ok"]]
     upper = min([limit, *[m - 1 for m in failed]])
     if not good:
-        return 0, None, f"micro-batch {min(failed)} ran out of memory"
+        loading = [p for p in phases if str(p.get("error", "")).startswith(LOAD_OOM)]
+        return 0, None, LOAD_OOM if loading else f"micro-batch {min(failed)} ran out of memory"
     ref = good[-1]
     slope: float | None = None
     if len(good) >= 2:
@@ -345,8 +348,8 @@ def _planned(
                 gpu=gpu_name if preset.gpu is None and capacity.source == "detected" else None,
                 gpu_memory_gib=capacity.gib,
                 num_gpus=preset.launch.num_gpus,
-                examples=rows,
-                avg_tokens=max(1, round(mean_tokens)),
+                examples=rows or None,
+                avg_tokens=max(1, round(mean_tokens)) if rows else None,
             )
         )
     except PlanError as exc:
@@ -408,6 +411,9 @@ def analyse(
     elif not own["ok"]:
         best = max((p["micro_batch"] for p in good if p["micro_batch"] < mb), default=0)
         how = f"micro-batch {mb} ran out of memory; the largest that ran was {best}"
+    load_failed = str(own.get("error") or "").startswith(LOAD_OOM)
+    if load_failed:
+        how = LOAD_OOM
 
     micro_step_s, tokens_per_s, timed_steps = _timing(timed) if timed else (None, None, 0)
     step_time_s = None if micro_step_s is None else micro_step_s * accum
@@ -475,6 +481,7 @@ def analyse(
         "headroom": HEADROOM,
         "usable_gib": None if usable is None else round(usable, 4),
         "fits": fits,
+        "load_failed": load_failed,
         # The preset's own micro-batch when it failed: that is the verdict; others are listed.
         "failed_micro_batch": mb
         if not own["ok"]
@@ -552,9 +559,12 @@ def verdict_line(result: dict[str, Any]) -> str:
     peak = result["measured_peak_gib"]
     total = result["gpu_memory_gib"]
     if result["fits"] is False and peak is None:
-        return f"does not fit: micro-batch {result['failed_micro_batch']} ran out of memory" + (
-            f" on {fmt_gib(total)}" if total else ""
+        what = (
+            LOAD_OOM
+            if result.get("load_failed")
+            else f"micro-batch {result['failed_micro_batch']} ran out of memory"
         )
+        return f"does not fit: {what}" + (f" on {fmt_gib(total)}" if total else "")
     if result["fits"] is None:
         return (
             f"measured {fmt_gib(peak)} at micro-batch {mb}; no GPU memory to judge against "

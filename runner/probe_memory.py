@@ -9,9 +9,10 @@ micro-batch) held at its peak. Imported only by `runner.probe_worker`, in the pr
   for `max_memory_allocated`. The process's RSS growth is sampled beside it (psutil); it moves with
   the heap and library loading, so it is reported, not judged on.
 
-Given a memory cap (`--gpu-memory-gib`), both raise `torch.OutOfMemoryError` past it: on CUDA
-through `torch.cuda.set_per_process_memory_fraction`, on the CPU from the counter, so a probe for
-a smaller card than this one ends the way it would on that card.
+Given a memory cap (`--gpu-memory-gib`), both raise `torch.OutOfMemoryError` past it once the
+model is loaded (`apply_cap`): on CUDA through `torch.cuda.set_per_process_memory_fraction`, on
+the CPU from the counter, so a probe for a smaller card than this one ends the way it would on
+that card.
 """
 
 from __future__ import annotations
@@ -225,13 +226,22 @@ class MemoryMeter:
             base = self.sampler.baseline_device_bytes
             if used is not None and base is not None:
                 self.context_bytes = max(0, used - base - torch.cuda.memory_reserved())
-            if cap_bytes is not None:
-                total = torch.cuda.get_device_properties(0).total_memory
-                torch.cuda.set_per_process_memory_fraction(min(1.0, cap_bytes / total))
         else:
-            self.ledger = StorageLedger(cap_bytes)
+            self.ledger = StorageLedger()
             self.counter = live_tensor_counter(self.ledger)
+        self.cap_bytes = cap_bytes
         self.sampler.start()
+
+    def apply_cap(self) -> None:
+        """From now on, allocations past `cap_bytes` run out of memory: torch's allocator is
+        limited to that share of the card on CUDA, the live-tensor count on the CPU."""
+        if self.cap_bytes is None:
+            return
+        if self.on_cuda:
+            total = self._torch.cuda.get_device_properties(0).total_memory
+            self._torch.cuda.set_per_process_memory_fraction(min(1.0, self.cap_bytes / total))
+        elif self.ledger is not None:
+            self.ledger.cap_bytes = self.cap_bytes
 
     def adopt(self, model: Any) -> None:
         if self.counter is not None:

@@ -29,7 +29,7 @@ import yaml
 
 from presets.schema import Preset
 from presets.store import PresetError, validate
-from runner.probe import MEASURE_FILE
+from runner.probe import LOAD_OOM, MEASURE_FILE
 from runner.runs import CONFIG_FILE
 
 DEFAULT_MICRO_BATCH = 8  # transformers' per_device_train_batch_size default
@@ -194,6 +194,67 @@ def _run_phase(
     return phase
 
 
+def _device(on_cuda: bool) -> tuple[str, int | None]:
+    """The device the probe trained on, and its memory in bytes (CUDA only)."""
+    import torch
+
+    if not on_cuda:
+        return "cpu", None
+    props = torch.cuda.get_device_properties(0)
+    return f"cuda:0 {props.name}", int(props.total_memory)
+
+
+def _load_failure(micro_batch: int, error: str, peak: Any) -> dict[str, Any]:
+    """The one phase of a probe whose model did not fit on the card while loading."""
+    return {
+        "micro_batch": micro_batch,
+        "ok": False,
+        "error": error,
+        "fit_bytes": peak.fit_bytes,
+        "allocated_bytes": peak.allocated_bytes,
+        "reserved_bytes": peak.reserved_bytes,
+        "device_bytes": peak.device_bytes,
+        "context_bytes": peak.context_bytes,
+        "rss_growth_bytes": peak.rss_growth_bytes,
+        "steps_done": 0,
+        "first_step_s": None,
+        "step_times_s": [],
+        "batch_tokens": [],
+        "batch_rows": [],
+        "wall_s": 0.0,
+        "first_rows": [],
+        "first_rows_tokens": [],
+    }
+
+
+def _phases(
+    trainer: Any,
+    micro_batch: int,
+    steps: int,
+    meter: Any,
+    timer: Any,
+    tokens: list[int],
+    order: list[int],
+) -> list[dict[str, Any]]:
+    recorder = BatchRecorder(trainer.data_collator)
+    trainer.data_collator = recorder
+    dataset = trainer.train_dataset
+    phases: list[dict[str, Any]] = []
+    plan = phase_order(micro_batch)
+    while plan:
+        mb = plan.pop(0)
+        subset = dataset.select(order[: mb * steps])
+        phase = _run_phase(trainer, subset, mb, steps, meter, timer, recorder)
+        phase["first_rows"] = order[:mb]
+        phase["first_rows_tokens"] = [tokens[i] for i in order[:mb]]
+        phases.append(phase)
+        if mb == micro_batch and not phase["ok"] and micro_batch // 2 > 1:
+            plan.append(micro_batch // 2)
+        if not phase["ok"] and mb == 1:
+            break  # nothing smaller to try
+    return phases
+
+
 def measure(probe_dir: Path, steps: int, cap_bytes: int | None) -> dict[str, Any]:
     import torch
 
@@ -207,34 +268,28 @@ def measure(probe_dir: Path, steps: int, cap_bytes: int | None) -> dict[str, Any
     micro_batch = int(preset.training.get("per_device_train_batch_size", DEFAULT_MICRO_BATCH))
     meter = MemoryMeter(on_cuda, cap_bytes)
     timer = _step_timer(on_cuda)
+    tokens: list[int] = []
+    order: list[int] = []
     try:
         say("building the trainer (data, model, adapter) as the run does")
-        trainer = build_trainer(probe_preset(preset, steps), probe_dir, callbacks=[timer])
-        meter.adopt(trainer.model)
-        dataset = trainer.train_dataset
-        tokens = example_tokens(dataset)
-        order = sorted(range(len(tokens)), key=lambda i: (-tokens[i], i))
-        recorder = BatchRecorder(trainer.data_collator)
-        trainer.data_collator = recorder
-        phases: list[dict[str, Any]] = []
-        plan = phase_order(micro_batch)
-        while plan:
-            mb = plan.pop(0)
-            subset = dataset.select(order[: mb * steps])
-            phase = _run_phase(trainer, subset, mb, steps, meter, timer, recorder)
-            phase["first_rows"] = order[:mb]
-            phase["first_rows_tokens"] = [tokens[i] for i in order[:mb]]
-            phases.append(phase)
-            if mb == micro_batch and not phase["ok"] and micro_batch // 2 > 1:
-                plan.append(micro_batch // 2)
-            if not phase["ok"] and mb == 1:
-                break  # nothing smaller to try
-        device = "cpu"
-        device_total = None
-        if on_cuda:
-            props = torch.cuda.get_device_properties(0)
-            device = f"cuda:0 {props.name}"
-            device_total = int(props.total_memory)
+        meter.start_phase()
+        try:
+            trainer = build_trainer(probe_preset(preset, steps), probe_dir, callbacks=[timer])
+        except RuntimeError as exc:  # a model larger than the card fails here, not in a step
+            if not _oom(exc):
+                raise
+            say(LOAD_OOM)
+            error = f"{LOAD_OOM}: {str(exc).strip().splitlines()[0][:300]}"
+            phases = [_load_failure(micro_batch, error, meter.end_phase())]
+        else:
+            meter.adopt(trainer.model)
+            # A smaller card than this one is emulated from the first step on; the weights
+            # already loaded count against it.
+            meter.apply_cap()
+            tokens = example_tokens(trainer.train_dataset)
+            order = sorted(range(len(tokens)), key=lambda i: (-tokens[i], i))
+            phases = _phases(trainer, micro_batch, steps, meter, timer, tokens, order)
+        device, device_total = _device(on_cuda)
         return {
             "device": device,
             "device_kind": "cuda" if on_cuda else "cpu",

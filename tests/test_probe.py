@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from runner.gpu import GpuSource
 from runner.probe import GIB, PROBE_FILE, PROBE_SUBDIR, max_micro_batch
 
 # Rows whose conversations are much longer than the demo's, at known places in the file.
@@ -272,3 +273,60 @@ def test_flat_activations_stop_at_the_limit() -> None:
     phases = [_phase(4, 100), _phase(1, 100)]
     best, slope, how = max_micro_batch(phases, GIB, limit=32)
     assert best == 32 and slope == 0 and "capped at 32" in how
+
+
+# ---------------------------------------------------------------- on a real GPU
+
+needs_cuda = pytest.mark.skipif(
+    not GpuSource().snapshot().available, reason="no NVIDIA GPU on this machine"
+)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_probe_on_cuda_reads_torch_and_the_device(demo_home: Path) -> None:
+    out = _cli(demo_home, "probe", "demo", "--json")
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)
+    assert result["device_kind"] == "cuda" and result["device"].startswith("cuda:0 ")
+    assert result["gpu_memory_source"] == "detected" and result["gpu_memory_gib"] > 1
+    allocated, reserved = result["torch_peak_allocated_gib"], result["torch_peak_reserved_gib"]
+    assert 0 < allocated <= reserved <= result["measured_peak_gib"]
+    assert result["nvml_device_peak_gib"] is not None and result["fits"] is True
+    # A cap below what micro-batch 4 allocates: the allocator runs out, and it is a verdict.
+    cap_gib = allocated * 0.8
+    out = _cli(demo_home, "probe", "demo", "--json", "--gpu-memory-gib", f"{cap_gib:.6f}")
+    assert out.returncode == 1, out.stderr[-3000:]
+    capped = json.loads(out.stdout)
+    assert capped["fits"] is False and capped["failed_micro_batch"] == 4
+
+
+def test_a_model_that_does_not_load_is_a_verdict(demo_home: Path, tmp_path: Path) -> None:
+    """On a card smaller than the weights the probe process runs out of memory before any step
+    (CUDA only: it is built here the way the probe process builds it)."""
+    from presets import load_preset
+    from runner.probe import Capacity, analyse
+    from runner.probe_memory import PhasePeak
+    from runner.probe_worker import _load_failure
+    from tui.widgets.probe_view import probe_notes, probe_rows
+
+    peak = PhasePeak(
+        allocated_bytes=20 * GIB, reserved_bytes=22 * GIB, device_bytes=23 * GIB,
+        rss_growth_bytes=GIB, context_bytes=GIB // 2,
+    )  # fmt: skip
+    error = "out of memory while loading the model: CUDA out of memory. Tried to allocate 2 GiB"
+    measured = {
+        "device": "cuda:0 NVIDIA GeForce RTX 4090", "device_kind": "cuda",
+        "device_memory_total_bytes": 24 * GIB, "nvml_name": "NVIDIA GeForce RTX 4090",
+        "micro_batch": 4, "steps": 4, "rows": 0, "mean_tokens": 0.0, "max_tokens": 0,
+        "longest_tokens": [], "phases": [_load_failure(4, error, peak)],
+    }  # fmt: skip
+    result = analyse(load_preset("demo"), measured, Capacity(24.0, "detected"), tmp_path)
+    assert result["fits"] is False and result["load_failed"] is True
+    assert result["max_micro_batch"] == 0 and result["measured_peak_gib"] is None
+    assert result["verdict"].startswith("does not fit: out of memory while loading the model")
+    assert result["tokens_per_s"] is None and result["first_batch"]["rows"] == []
+    assert result["fix"]  # the planner's change, or the general advice
+    rows = dict((what, probed) for what, _, probed in probe_rows(result))
+    assert rows["verdict"] == "does not fit"
+    assert any("no step ran" in str(line) for line in probe_notes(result))

@@ -77,13 +77,16 @@ def probe_notes(result: dict[str, Any]) -> list[Text]:
         lines.append(Text(f"fix: {result['fix']}", "yellow"))
     first = result["first_batch"]
     data = result["data"]
-    lines.append(
-        Text(
-            f"first batch: rows {', '.join(str(r) for r in first['rows'])} "
-            f"({', '.join(str(t) for t in first['tokens'])} tokens; the data's longest is "
-            f"{data['max_tokens']}, its mean {data['mean_tokens']:.0f})"
+    if first["rows"]:
+        lines.append(
+            Text(
+                f"first batch: rows {', '.join(str(r) for r in first['rows'])} "
+                f"({', '.join(str(t) for t in first['tokens'])} tokens; the data's longest is "
+                f"{data['max_tokens']}, its mean {data['mean_tokens']:.0f})"
+            )
         )
-    )
+    else:
+        lines.append(Text(f"no step ran: {result['phases'][0]['error']}"))
     lines.append(Text(f"memory: {result['peak_source']}", "dim"))
     if result.get("plan_note"):
         lines.append(Text(f"plan: {result['plan_note']}", "dim"))
