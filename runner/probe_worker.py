@@ -29,7 +29,8 @@ import yaml
 
 from presets.schema import Preset
 from presets.store import PresetError, validate
-from runner.probe import LOAD_OOM, MEASURE_FILE
+from runner.probe import MEASURE_FILE
+from runner.probe_verdict import LOAD_OOM
 from runner.runs import CONFIG_FILE
 
 DEFAULT_MICRO_BATCH = 8  # transformers' per_device_train_batch_size default
@@ -129,9 +130,16 @@ def _step_timer(on_cuda: bool) -> Any:
 
 
 def _oom(exc: BaseException) -> bool:
+    """torch's out-of-memory, or the CUDA libraries' own words for it (cuBLAS allocates its
+    workspace outside torch's allocator)."""
     import torch
 
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+    text = str(exc)
+    return (
+        isinstance(exc, torch.OutOfMemoryError)
+        or "out of memory" in text.lower()
+        or "CUBLAS_STATUS_ALLOC_FAILED" in text
+    )
 
 
 def phase_order(micro_batch: int) -> list[int]:

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from runner.gpu import GpuSource
-from runner.probe import GIB, PROBE_FILE, PROBE_SUBDIR, max_micro_batch
+from runner.probe import PROBE_FILE, PROBE_SUBDIR
+from runner.probe_verdict import GIB, max_micro_batch
 
 # Rows whose conversations are much longer than the demo's, at known places in the file.
 LONG_ROWS = {57: 1, 143: 2, 201: 3, 288: 9}  # row -> times the sentence is repeated
@@ -305,8 +306,8 @@ def test_a_model_that_does_not_load_is_a_verdict(demo_home: Path, tmp_path: Path
     """On a card smaller than the weights the probe process runs out of memory before any step
     (CUDA only: it is built here the way the probe process builds it)."""
     from presets import load_preset
-    from runner.probe import Capacity, analyse
     from runner.probe_memory import PhasePeak
+    from runner.probe_verdict import Capacity, analyse
     from runner.probe_worker import _load_failure
     from tui.widgets.probe_view import probe_notes, probe_rows
 

@@ -84,13 +84,16 @@ class ProbeScreen(Screen[None]):
                 self.preset,
                 probe_dir,
                 gpu_memory_gib,
-                on_status=lambda line: self.post_message(self.Status(line)),
+                on_status=self._post_status,
                 on_start=self._started,
             )
         except ProbeError as exc:
             self.post_message(self.Finished(None, exc.lines))
             return
         self.post_message(self.Finished(result, None))
+
+    def _post_status(self, line: str) -> None:
+        self.post_message(self.Status(line))
 
     def _started(self, job: Any) -> None:
         """Called from the worker once the probe process exists."""

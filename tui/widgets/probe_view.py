@@ -8,7 +8,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from runner.probe import fmt_gib as _gib
+from runner.probe_verdict import fmt_gib as _gib
 from tui.widgets.format import duration, money
 
 
