@@ -19,6 +19,7 @@ COMMAND_MODULES: dict[str, str] = {
     "presets": "tui.commands.presets_cmd",
     "plan": "tui.commands.plan_cmd",
     "data": "tui.commands.data_cmd",
+    "probe": "tui.commands.probe_cmd",
     "run": "tui.commands.run_cmd",
     "demo": "tui.commands.run_cmd",
     "runs": "tui.commands.run_cmd",

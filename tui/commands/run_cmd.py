@@ -138,8 +138,24 @@ def run(
     node_rank: NodeRankOption = 0,
     master_addr: MasterAddrOption = None,
     master_port: MasterPortOption = 29500,
+    probe: Annotated[
+        bool,
+        typer.Option(
+            "--probe",
+            help="Probe first (`tunedeck probe`): a few measured steps on this box; refuse "
+            "when they do not fit (unless --force), launch on the measured plan otherwise.",
+        ),
+    ] = False,
 ) -> None:
     """Check a preset and its data, then start the training detached and return at once."""
+    if probe:
+        from tui.commands.probe_cmd import probe_then_launch
+
+        probe_then_launch(
+            preset, name, runs_dir, overrides, force, auto_resume, as_json,
+            nnodes, node_rank, master_addr, master_port,
+        )  # fmt: skip
+        return
     _launch(
         preset, name, runs_dir, overrides, force, auto_resume, as_json,
         nnodes, node_rank, master_addr, master_port,

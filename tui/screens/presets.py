@@ -39,6 +39,7 @@ class PresetsScreen(Screen[None]):
         Binding("ctrl+s", "save", "save as user preset", priority=True),
         Binding("ctrl+y", "toggle_yaml", "resolved YAML", priority=True),
         Binding("ctrl+l", "launch", "launch…", priority=True),
+        Binding("ctrl+p", "probe", "probe on this box", priority=True),
         Binding("escape", "back", "back"),
     ]
 
@@ -251,6 +252,14 @@ class PresetsScreen(Screen[None]):
             self.notify("fix the problems before launching", severity="error")
             return
         self.app.open_launch(self.preset)  # type: ignore[attr-defined]
+
+    def action_probe(self) -> None:
+        if self.preset is None:
+            self.notify("fix the problems before probing", severity="error")
+            return
+        from tui.screens.probe import ProbeScreen
+
+        self.app.push_screen(ProbeScreen(self.preset))
 
     def action_back(self) -> None:
         self.app.pop_screen()
