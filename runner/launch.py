@@ -364,14 +364,22 @@ def launch(
     auto_resume: bool | None = None,
     dist: Distributed | None = None,
     gpu_source: GpuSource | None = None,
+    probed_fit: str | None = None,
 ) -> LaunchResult:
-    """Check, create the run folder, start the training detached and return at once."""
+    """Check, create the run folder, start the training detached and return at once.
+    `probed_fit` says that a probe on this box measured the run fitting (e.g. "14.2 GiB"): the
+    measurement then overrules the planner's estimate."""
     dist = dist or Distributed(nnodes=preset.launch.nnodes)
     pf = preflight(preset, gpu_source=gpu_source)
     problems = list(pf.problems)
     warnings = list(pf.warnings)
     fit_check = pf.fit_check
-    if pf.fit_problem:
+    if probed_fit and pf.fit_problem:
+        warnings.append(f"{pf.fit_problem} (launched: the probe measured {probed_fit}, which fits)")
+        fit_check = f"fits by the probe ({probed_fit}); the plan said it does not"
+    elif probed_fit:
+        fit_check = f"fits by the probe ({probed_fit})"
+    elif pf.fit_problem:
         if force:
             warnings.append(pf.fit_problem + " (launched anyway: --force)")
             fit_check = "does not fit: forced"

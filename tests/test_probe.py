@@ -213,6 +213,8 @@ def test_run_probe_probes_then_launches(demo_home: Path) -> None:
             break
         time.sleep(0.2)
     assert state["status"] == "completed", (run_dir / "train.log").read_text()[-2000:]
+    if saved["fits"] is True:  # the measured fit is what the run records
+        assert state["fit_check"].startswith("fits by the probe ("), state["fit_check"]
 
 
 @pytest.mark.parametrize(

@@ -181,14 +181,13 @@ def probe_then_launch(
         )
     probed_fit = result["fits"] is True
     try:
-        launched = launch(root, preset, name, force or probed_fit, auto_resume or None, dist=dist)
+        # A fit the probe measured overrules the planner's estimate (and is recorded as such).
+        measured = f"{result['measured_peak_gib']} GiB" if probed_fit else None
+        launched = launch(
+            root, preset, name, force, auto_resume or None, dist=dist, probed_fit=measured
+        )
     except RunError as exc:
         fail(exc.lines)
-    if probed_fit and not force:
-        # The planner's estimate was overruled by the measurement, not by the user.
-        note = f"(launched: the probe measured {result['measured_peak_gib']} GiB, which fits)"
-        warnings = [w.replace("(launched anyway: --force)", note) for w in launched.warnings]
-        launched = type(launched)(launched.run_id, launched.run_dir, warnings, launched.pid)
     kept = keep_in_run(Path(result["probe_dir"]), launched.run_dir)
     result.update(probe_dir=str(kept), run_id=launched.run_id)
     if as_json:
