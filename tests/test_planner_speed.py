@@ -121,3 +121,17 @@ def test_without_a_gpu_times_say_which_card_they_assume(tunedeck) -> None:
     text = " ".join(out.stdout.split())
     assert "times on one H100 SXM" in text and "where to rent" in text
     assert "cheapest" in text and "fastest" in text and "lowest $/h" in text
+
+
+def test_every_card_has_its_bandwidth_and_the_document_it_is_from() -> None:
+    import json
+
+    from planner.gpus import DATA_DIR
+
+    rows = json.loads((DATA_DIR / "gpus.json").read_text())["gpus"]
+    for row in rows:
+        assert 250 <= row["bandwidth_gbps"] <= 10_000, row["name"]
+        assert any(w in row["source"] for w in ("datasheet", "whitepaper", "documentation"))
+        gbps = row["bandwidth_gbps"]
+        stated = (f"{gbps:,} GB/s", f"{gbps / 1000:g} TB/s")
+        assert any(text in row["source"] for text in stated), row["name"]
