@@ -55,8 +55,9 @@ LOGIT_BYTES = {"trl": 12.0, "hf": 32.0}
 # Host (CPU) time to launch the kernels of one decoder layer of a transformers model in eager
 # PyTorch: about 50 operations forward through Python modules, fewer and cheaper backward
 # (autograd runs them in C++). Per LoRA-wrapped linear PEFT adds about 6 operations and a
-# Python dispatch; a bitsandbytes 4-bit linear its own autograd function. Measured orders of
-# a current server CPU; a slower host makes small steps slower still.
+# Python dispatch; a bitsandbytes 4-bit linear its own autograd function. About 8 us per
+# operation on a current server CPU: an assumption, not a measurement (a GPU box's host is
+# what `benchmarks/gpu_truth.py` can settle); a slower host makes small steps slower still.
 HOST_LAYER_FORWARD_S = 0.45e-3
 HOST_LAYER_BACKWARD_S = 0.30e-3
 HOST_ADAPTER_FORWARD_S = 0.10e-3

@@ -203,3 +203,51 @@ async def test_the_command_line_and_the_app_give_the_same_plan(
             differing = {k: (got["request"][k], v) for k, v in expected["request"].items()}
             differing = {k: v for k, v in differing.items() if v[0] != v[1]}
             assert got == expected, f"request fields (app, command line): {differing}"
+
+
+@pytest.mark.asyncio
+async def test_use_this_plan_gives_a_preset_that_plans_the_same(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from planner import request_from_preset
+    from presets.schema import Preset
+
+    monkeypatch.setenv("TUNEDECK_HOME", str(tmp_path / "home"))
+    form = {
+        "gpu": "A100 80GB",
+        "methods": "lora",
+        "seq_len": "1024",
+        "micro_batch": "4",
+        "grad_accum": "2",
+        "attn": "eager",
+        "precision": "bf16-mixed",
+        "optimizer": "adamw_8bit",
+        "lora_r": "32",
+        "lora_alpha": "64",
+        "lora_targets": "q,v",
+        "lora_dropout": "0.1",
+        "epochs": "2",
+    }
+    app = make_app(FakeNvml([]), tmp_path / "runs", plan_fn=plan)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("p")
+        screen = app.screen
+        assert await wait_for(pilot, lambda: screen.report is not None, timeout_s=20)
+        for name, text in form.items():
+            await set_field(pilot, name, text)
+        assert await wait_for(
+            pilot,
+            lambda: screen.report.request.lora_dropout == 0.1 and screen.report.request.epochs == 2,
+            timeout_s=30,
+        )
+        planned = screen.report.request
+        preset = Preset(**screen.preset_data())
+    again = request_from_preset(
+        preset, gpu=planned.gpu, examples=planned.examples, avg_tokens=planned.avg_tokens
+    )
+    for name in (
+        "methods", "trainer", "gpu", "num_gpus", "seq_len", "micro_batch", "grad_accum",
+        "grad_ckpt", "attn", "precision", "optimizer", "lora_r", "lora_alpha", "lora_targets",
+        "lora_dropout", "quant", "liger", "epochs", "examples", "avg_tokens",
+    ):  # fmt: skip
+        assert getattr(again, name) == getattr(planned, name), name
