@@ -135,7 +135,7 @@ def layer_traffic_bytes(spec: ModelSpec, r: PlanRequest, method: str, act: int) 
     if r.attn == "eager":
         # the scores row of every head, over the whole sequence: product, scale, mask, fp32
         # softmax, downcast, read by the value product
-        total += (8 * act + 16) * spec.num_heads * r.seq_len
+        total += (8 * act + 16) * spec.num_heads * tokens_per_seq(r)
     if spec.mlp_gated:
         total += (3 if r.liger else 5) * act * width  # SiLU(gate) * up
     else:
@@ -234,7 +234,10 @@ def workload(spec: ModelSpec, r: PlanRequest, method: str) -> Workload:
     act = 4 if r.precision == "fp32" else 2
     seqs = r.micro_batch * (2 if r.trainer == "dpo" else 1)  # chosen and rejected together
     tokens = seqs * tokens_per_seq(r)
-    shard = r.num_gpus if r.num_gpus > 1 and r.strategy in ("fsdp", "zero3") else 1
+    several = r.num_gpus > 1
+    # gradients and optimizer states are sharded by FSDP and ZeRO-2/3, the weights by FSDP
+    # and ZeRO-3 (gathered for every pass all the same)
+    state_shard = r.num_gpus if several and r.strategy in ("fsdp", "zero2", "zero3") else 1
     targets = parse_targets(r.lora_targets)
     settings = memory_settings(r, method, targets)
 
@@ -269,7 +272,7 @@ def workload(spec: ModelSpec, r: PlanRequest, method: str) -> Workload:
         trainable = float(lora_params(spec, targets, r.lora_r))
         param_bytes = grad_bytes = adapter_bytes(settings)
     # later micro-batches read the accumulated gradient and the new one, and write the sum
-    traffic += trainable * grad_bytes * 3 * (r.grad_accum - 1) / r.grad_accum / shard
+    traffic += trainable * grad_bytes * 3 * (r.grad_accum - 1) / r.grad_accum / state_shard
 
     # host: launching each pass of each layer's kernels
     wrapped = len(lora_modules(spec, targets)) if method != "full" else 0
@@ -279,15 +282,15 @@ def workload(spec: ModelSpec, r: PlanRequest, method: str) -> Workload:
     forwards = len(passes) - 1  # forward, recompute, reference
     host_s = spec.num_layers * (forwards * forward_host + backward_host) + HOST_MICRO_BATCH_S
 
+    optimizer_bytes = optimizer_traffic_bytes(r.optimizer, param_bytes, grad_bytes)
+    optimizer_bytes *= trainable / state_shard
     return Workload(
         tokens=tokens,
         pass_flops=tuple(f * tokens for f in passes.values()),
         pass_weight_bytes=tuple(pass_bytes),
         traffic_bytes=traffic,
         host_s=host_s,
-        optimizer_bytes=trainable
-        / shard
-        * optimizer_traffic_bytes(r.optimizer, param_bytes, grad_bytes),
+        optimizer_bytes=optimizer_bytes,
         fp32=r.precision == "fp32",
         grad_accum=r.grad_accum,
         num_gpus=r.num_gpus,
