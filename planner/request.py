@@ -33,10 +33,18 @@ class FieldInfo:
     label: str
     """The few characters the app's form shows before the field."""
     choices: tuple[str, ...] | None = None
+    unset: str = "not given"
+    """What leaving an optional field out means."""
 
 
-def _info(flag: str, help: str, label: str, choices: tuple[str, ...] | None = None) -> Any:
-    return {"info": FieldInfo(flag, help, label, choices)}
+def _info(
+    flag: str,
+    help: str,
+    label: str,
+    choices: tuple[str, ...] | None = None,
+    unset: str = "not given",
+) -> Any:
+    return {"info": FieldInfo(flag, help, label, choices, unset)}
 
 
 @dataclass(frozen=True)
@@ -44,7 +52,12 @@ class PlanRequest:
     """Everything a plan depends on (see `request_from_preset` to build one from a preset)."""
 
     model: str = field(
-        metadata=_info("--model", "hub id, local model folder or config.json", "model")
+        metadata=_info(
+            "--model",
+            "hub id, local model folder or config.json",
+            "model",
+            unset="the preset's; one of the two is needed",
+        )
     )
     methods: tuple[str, ...] = field(
         default=METHODS,
@@ -58,13 +71,16 @@ class PlanRequest:
     gpu: str | None = field(
         default=None,
         metadata=_info(
-            "--gpu", "GPU name, e.g. H100, 'A100 40GB', RTX 4090 (default: the detected one)", "gpu"
+            "--gpu", "GPU name, e.g. H100, 'A100 40GB', RTX 4090", "gpu", unset="the detected one"
         ),
     )
     gpu_memory_gib: float | None = field(
         default=None,
         metadata=_info(
-            "--gpu-memory", "GiB of memory per GPU (a custom GPU, or the size detected)", "GiB"
+            "--gpu-memory",
+            "GiB of memory per GPU (a custom GPU, or the size detected)",
+            "GiB",
+            unset="the detected or the catalogue's size",
         ),
     )
     num_gpus: int = field(default=1, metadata=_info("--num-gpus", "GPUs per run", "GPUs"))
@@ -171,7 +187,7 @@ class PlanRequest:
     )
     avg_tokens: int | None = field(
         default=None,
-        metadata=_info("--avg-tokens", "mean tokens per example (default: --seq-len)", "tok/ex"),
+        metadata=_info("--avg-tokens", "mean tokens per example", "tok/ex", unset="--seq-len"),
     )
     dataset_tokens: int | None = field(
         default=None,
@@ -182,11 +198,13 @@ class PlanRequest:
     epochs: float = field(default=1.0, metadata=_info("--epochs", "passes over the data", "epochs"))
     max_steps: int | None = field(
         default=None,
-        metadata=_info("--max-steps", "optimizer steps (overrides --epochs)", "steps"),
+        metadata=_info(
+            "--max-steps", "optimizer steps (overrides --epochs)", "steps", unset="from --epochs"
+        ),
     )
     price_usd_per_h: float | None = field(
         default=None,
-        metadata=_info("--price", "USD per GPU-hour (default: the catalogue's)", "$/h"),
+        metadata=_info("--price", "USD per GPU-hour", "$/h", unset="the catalogue's"),
     )
     box_start_min: float = field(
         default=5.0,

@@ -227,6 +227,9 @@ def _typed(spec: RequestField) -> Any:
     return convert
 
 
+_METAVARS = {"int": "N", "float": "X", "str": "TEXT", "methods": "METHOD"}
+
+
 def _parser() -> _Parser:
     """The flags: one per plan request field (its flag, help, choices and default come from
     the field), then those that are not part of a request."""
@@ -240,8 +243,10 @@ def _parser() -> _Parser:
     p.add_argument("preset", nargs="?", help="a preset name or YAML file")
     for spec in request_fields():
         info = spec.info
-        default = spec.default_text() or "not given"
+        default = spec.default_text() or info.unset
         kwargs: dict[str, Any] = {"dest": spec.name, "default": None}
+        if spec.kind not in ("bool",):
+            kwargs["metavar"] = _METAVARS.get(spec.kind, "TEXT") if info.choices is None else None
         kwargs["help"] = f"{info.help} (default: {default})".replace("%", "%%")
         if spec.kind == "bool":
             kwargs["action"] = argparse.BooleanOptionalAction
