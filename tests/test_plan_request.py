@@ -118,11 +118,11 @@ async def set_field(pilot: Any, name: str, text: str) -> None:
 
 # The app's own inputs (its assumed data size included) and the flags a person types for the
 # same plan.
-assert ASSUMED_DATA == {"examples": "12000", "avg_tokens": "780"}
 CASES = [
     pytest.param(
         {"gpu": "RTX 4090"},
-        "--gpu 'RTX 4090' --examples 12000 --avg-tokens 780",
+        f"--gpu 'RTX 4090' --examples {ASSUMED_DATA['examples']}"
+        f" --avg-tokens {ASSUMED_DATA['avg_tokens']}",
         id="defaults-and-the-assumed-data",
     ),
     pytest.param(
