@@ -6,6 +6,7 @@ from planner.core import MethodPlan, PlanReport, PlanRequest, RentOption, plan
 from planner.errors import PlanError
 from planner.from_preset import request_from_preset
 from planner.gpus import GpuSpec, find_gpu, gpu_catalogue
+from planner.request import request_fields
 
 __all__ = [
     "GpuSpec",
@@ -19,5 +20,6 @@ __all__ = [
     "gpu_catalogue",
     "load_model",
     "plan",
+    "request_fields",
     "request_from_preset",
 ]

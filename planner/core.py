@@ -8,65 +8,48 @@ from typing import Any
 
 from planner.arch import ModelSpec, load_model, lora_modules, parse_targets
 from planner.errors import PlanError
-from planner.gpus import GpuSpec, gpu_catalogue, resolve_gpu
+from planner.gpus import GpuSpec, find_gpu, resolve_gpu
 from planner.memory import (
-    FRAMEWORKS,
     GIB,
     OPTIMIZERS,
     PRECISIONS,
     MemoryEstimate,
-    MemorySettings,
     estimate_memory,
     optimizer_state_bytes,
 )
-from planner.speed import estimate_speed
+from planner.rent import GPU_COUNTS, HEADROOM, RentOption, renting, setup_hours
+from planner.request import (
+    ATTNS,
+    METHODS,
+    QUANTS,
+    STACKS,
+    STRATEGIES,
+    TRAINERS,
+    PlanRequest,
+    memory_settings,
+    request_json,
+    tokens_per_seq,
+)
+from planner.speed import REFERENCE_GPU, estimate_speed
 
-METHODS = ("full", "lora", "qlora")
+__all__ = [
+    "ATTNS",
+    "GPU_COUNTS",
+    "HEADROOM",
+    "METHODS",
+    "METHOD_LABELS",
+    "QUANTS",
+    "STACKS",
+    "STRATEGIES",
+    "MethodPlan",
+    "PlanReport",
+    "PlanRequest",
+    "RentOption",
+    "plan",
+    "total_tokens",
+]
+
 METHOD_LABELS = {"full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA"}
-STRATEGIES = ("ddp", "fsdp", "zero2", "zero3")
-ATTNS = ("sdpa", "flash", "eager")
-QUANTS = ("nf4", "nf4-dq")
-# A plan fits when its device peak leaves this share of the card free: the allocator
-# needs room for a batch longer than the average, and the driver keeps a little.
-HEADROOM = 0.05
-GPU_COUNTS = (1, 2, 4, 8)
-
-
-@dataclass(frozen=True)
-class PlanRequest:
-    """Everything a plan depends on (see `request_from_preset` to build one from a preset)."""
-
-    model: str
-    methods: tuple[str, ...] = METHODS
-    trainer: str = "sft"
-    gpu: str | None = None
-    gpu_memory_gib: float | None = None
-    num_gpus: int = 1
-    strategy: str = "ddp"
-    seq_len: int = 2048
-    micro_batch: int = 1
-    grad_accum: int = 1
-    grad_ckpt: bool = True
-    attn: str = "sdpa"
-    precision: str = "bf16"
-    optimizer: str = "adamw_torch_fused"
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_targets: str = "all-linear"
-    quant: str = "nf4-dq"
-    liger: bool = False
-    examples: int | None = None
-    avg_tokens: int | None = None
-    dataset_tokens: int | None = None
-    epochs: float = 1.0
-    max_steps: int | None = None
-    price_usd_per_h: float | None = None
-    lora_dropout: float = 0.05
-    """Dropout on the adapter input (a dropout copy of each wrapped input is kept)."""
-    framework: str = "trl"
-    """Training stack whose memory behaviour to model: trl (default), hf, litgpt."""
-    precompute_ref: bool = False
-    """DPO: reference log-probs computed before training (no reference model in memory)."""
 
 
 @dataclass(frozen=True)
@@ -83,44 +66,33 @@ class MethodPlan:
     fix: str | None = None
     trainable_params: int = 0
     spare_gib: float | None = None
-    settings: dict[str, Any] = field(default_factory=dict)
+    allocated_peak_gib: float = 0.0
+    """What torch.cuda.max_memory_allocated would report (torch peak less the allocator)."""
+    utilisation: float = 0.0
+    """Training FLOPs per second over the GPUs' dense tensor peak."""
+    bound: str = ""
+    """What limits a micro-batch: compute, memory or host."""
+    step_breakdown_s: dict[str, float] = field(default_factory=dict)
+    """Seconds of one optimizer step per cause, on one GPU."""
 
     def to_json(self) -> dict[str, Any]:
         return {
             "method": self.method,
             "fits": self.fits,
             "torch_peak_gib": round(self.torch_peak_gib, 2),
+            "allocated_peak_gib": round(self.allocated_peak_gib, 2),
             "device_peak_gib": round(self.device_peak_gib, 2),
             "spare_gib": None if self.spare_gib is None else round(self.spare_gib, 2),
             "breakdown": {k: round(v, 3) for k, v in self.breakdown.items()},
             "trainable_params": self.trainable_params,
             "tokens_per_s": round(self.tokens_per_s, 1),
-            "step_time_s": round(self.step_time_s, 3),
+            "step_time_s": round(self.step_time_s, 4),
+            "step_breakdown_s": {k: round(v, 4) for k, v in self.step_breakdown_s.items()},
+            "utilisation": round(self.utilisation, 3),
+            "bound": self.bound,
             "hours": None if self.hours is None else round(self.hours, 3),
             "cost_usd": None if self.cost_usd is None else round(self.cost_usd, 2),
             "fix": self.fix,
-        }
-
-
-@dataclass(frozen=True)
-class RentOption:
-    method: str
-    gpu: str
-    count: int
-    device_peak_gib: float
-    price_usd_per_h: float
-    hours: float | None
-    cost_usd: float | None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "method": self.method,
-            "gpu": self.gpu,
-            "count": self.count,
-            "device_peak_gib": round(self.device_peak_gib, 2),
-            "price_usd_per_h": self.price_usd_per_h,
-            "hours": None if self.hours is None else round(self.hours, 3),
-            "cost_usd": None if self.cost_usd is None else round(self.cost_usd, 2),
         }
 
 
@@ -134,6 +106,10 @@ class PlanReport:
     gpu: GpuSpec | None
     renting: list[RentOption]
     total_tokens: float | None
+    speed_gpu: str = REFERENCE_GPU
+    """The card the times are for: the chosen GPU, or the reference card when none is."""
+    setup_hours: float = 0.0
+    """Renting view: starting a box and downloading the weights."""
 
     def option(self, method: str) -> MethodPlan | None:
         return next((o for o in self.options if o.method == method), None)
@@ -143,30 +119,22 @@ class PlanReport:
         return {
             "recommended": self.recommended,
             "reason": self.reason,
+            "request": request_json(r),
             "model": {
                 "name": self.model.name,
                 "params": self.model.total_params,
                 "params_by_kind": self.model.params_by_kind(),
             },
             "gpu": None if self.gpu is None else {**self.gpu.to_json(), "count": r.num_gpus},
-            "settings": {
-                "trainer": r.trainer,
-                "strategy": r.strategy,
-                "seq_len": r.seq_len,
-                "micro_batch": r.micro_batch,
-                "grad_accum": r.grad_accum,
-                "grad_ckpt": r.grad_ckpt,
-                "attn": r.attn,
-                "precision": r.precision,
-                "optimizer": r.optimizer,
-                "lora_r": r.lora_r,
-                "lora_targets": r.lora_targets,
-                "quant": r.quant,
-                "liger": r.liger,
-            },
+            "speed_gpu": self.speed_gpu,
             "total_tokens": self.total_tokens,
             "options": [o.to_json() for o in self.options],
-            "renting": [o.to_json() for o in self.renting],
+            "renting": {
+                "box_start_min": r.box_start_min,
+                "download_mb_per_s": r.download_mb_per_s,
+                "setup_hours": round(self.setup_hours, 3),
+                "options": [o.to_json() for o in self.renting],
+            },
         }
 
 
@@ -185,7 +153,7 @@ def _check(request: PlanRequest) -> list[str]:
         choice("method", m, METHODS)
     if not r.methods:
         problems.append("methods: give at least one of full, lora, qlora")
-    choice("trainer", r.trainer, ("sft", "dpo"))
+    choice("trainer", r.trainer, TRAINERS)
     choice("strategy", r.strategy, STRATEGIES)
     choice("attn", r.attn, ATTNS)
     choice("precision", r.precision, PRECISIONS)
@@ -195,8 +163,8 @@ def _check(request: PlanRequest) -> list[str]:
             "(or another TRL optim name such as lion_8bit, rmsprop, ademamix)"
         )
     choice("quant", r.quant, QUANTS)
-    choice("framework", r.framework, FRAMEWORKS)
-    for name in ("num_gpus", "seq_len", "micro_batch", "grad_accum", "lora_r"):
+    choice("stack", r.stack, STACKS)
+    for name in ("num_gpus", "seq_len", "micro_batch", "grad_accum", "lora_r", "lora_alpha"):
         value = getattr(r, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             problems.append(f"{name}: must be a positive integer, got {value!r}")
@@ -210,6 +178,10 @@ def _check(request: PlanRequest) -> list[str]:
         problems.append(f"epochs: must be a positive number, got {r.epochs!r}")
     if not 0 <= r.lora_dropout < 1:
         problems.append(f"lora_dropout: must be in [0, 1), got {r.lora_dropout!r}")
+    if not (math.isfinite(r.box_start_min) and r.box_start_min >= 0):
+        problems.append(f"box_start_min: must be zero or more minutes, got {r.box_start_min!r}")
+    if not (math.isfinite(r.download_mb_per_s) and r.download_mb_per_s > 0):
+        problems.append(f"download_mb_per_s: must be more than 0 MB/s, got {r.download_mb_per_s!r}")
     if r.seq_len > 1_048_576:
         problems.append(f"seq_len: {r.seq_len} tokens is beyond any model here (max 1048576)")
     return problems
@@ -218,36 +190,13 @@ def _check(request: PlanRequest) -> list[str]:
 # ----------------------------------------------------------------------------- one method
 
 
-def _settings(r: PlanRequest, method: str, targets: tuple[str, ...]) -> MemorySettings:
-    return MemorySettings(
-        method=method,
-        trainer=r.trainer,
-        num_gpus=r.num_gpus,
-        strategy=r.strategy if r.num_gpus > 1 else "ddp",
-        seq_len=r.seq_len,
-        micro_batch=r.micro_batch,
-        grad_accum=r.grad_accum,
-        grad_ckpt=r.grad_ckpt,
-        attn=r.attn,
-        precision=r.precision,
-        optimizer=r.optimizer,
-        lora_r=r.lora_r,
-        lora_targets=targets,
-        lora_dropout=r.lora_dropout,
-        quant=r.quant,
-        liger=r.liger,
-        framework=r.framework,
-        precompute_ref=r.precompute_ref,
-    )
-
-
-def _tokens_per_seq(r: PlanRequest) -> int:
-    return min(r.avg_tokens, r.seq_len) if r.avg_tokens else r.seq_len
+# `memory_settings` under its former name, for callers that build the memory settings of a plan
+_settings = memory_settings
 
 
 def total_tokens(r: PlanRequest) -> float | None:
     """Training tokens over the whole run, when the data size is known."""
-    per_step = r.micro_batch * r.grad_accum * r.num_gpus * _tokens_per_seq(r)
+    per_step = r.micro_batch * r.grad_accum * r.num_gpus * tokens_per_seq(r)
     if r.trainer == "dpo":
         per_step *= 2
     if r.max_steps is not None:
@@ -256,35 +205,29 @@ def total_tokens(r: PlanRequest) -> float | None:
     if r.dataset_tokens is not None:
         data = float(r.dataset_tokens)
     elif r.examples is not None:
-        data = float(r.examples * _tokens_per_seq(r))
+        data = float(r.examples * tokens_per_seq(r))
         if r.trainer == "dpo":
             data *= 2
     return None if data is None else data * r.epochs
 
 
+def _speed_gpu(gpu: GpuSpec | None) -> GpuSpec:
+    """The card times are planned on: the chosen one, or the reference card."""
+    if gpu is not None:
+        return gpu
+    reference = find_gpu(REFERENCE_GPU)
+    assert reference is not None, "the reference card is in the catalogue"
+    return reference
+
+
 def _one(
     spec: ModelSpec, r: PlanRequest, method: str, gpu: GpuSpec | None, targets: tuple[str, ...]
 ) -> tuple[MethodPlan, MemoryEstimate]:
-    mem = estimate_memory(spec, _settings(r, method, targets))
-    tflops = gpu.tflops if gpu is not None else 989.0  # no GPU: speed on an H100 for scale
-    speed = estimate_speed(
-        spec,
-        method,
-        _tokens_per_seq(r),
-        r.grad_ckpt,
-        r.trainer,
-        tflops,
-        r.num_gpus,
-        r.strategy,
-        r.micro_batch,
-    )
-    tokens_per_step = r.micro_batch * r.grad_accum * r.num_gpus * _tokens_per_seq(r)
-    if r.trainer == "dpo":
-        tokens_per_step *= 2
-    step_time_s = tokens_per_step / speed.tokens_per_s
+    mem = estimate_memory(spec, memory_settings(r, method, targets))
+    speed = estimate_speed(spec, r, method, _speed_gpu(gpu))
     tokens = total_tokens(r)
     hours = None if tokens is None else tokens / speed.tokens_per_s / 3600
-    price = r.price_usd_per_h if r.price_usd_per_h is not None else None
+    price = r.price_usd_per_h
     if price is None and gpu is not None:
         price = gpu.price_usd_per_h
     cost = None if hours is None or price is None else hours * price * r.num_gpus
@@ -301,11 +244,15 @@ def _one(
         device_peak_gib=device_gib,
         breakdown={k: v / GIB for k, v in mem.breakdown_bytes.items() if abs(v) > 0},
         tokens_per_s=speed.tokens_per_s,
-        step_time_s=step_time_s,
+        step_time_s=speed.step_time_s,
         hours=hours,
         cost_usd=cost,
         trainable_params=mem.trainable_params,
         spare_gib=spare,
+        allocated_peak_gib=mem.allocated_peak_bytes / GIB,
+        utilisation=speed.utilisation,
+        bound=speed.bound,
+        step_breakdown_s=speed.breakdown_s,
     )
     return plan, mem
 
@@ -314,7 +261,7 @@ def _fits(
     spec: ModelSpec, r: PlanRequest, method: str, gpu: GpuSpec, targets: tuple[str, ...]
 ) -> float | None:
     """Device peak in GiB when this request fits the GPU, else None."""
-    mem = estimate_memory(spec, _settings(r, method, targets))
+    mem = estimate_memory(spec, memory_settings(r, method, targets))
     peak = mem.device_peak_bytes / GIB
     return peak if peak <= gpu.memory_gib * (1 - HEADROOM) else None
 
@@ -413,57 +360,6 @@ def _find_fix(
     return f"nothing tried fits on up to {GPU_COUNTS[-1]}x {gpu.name}; see the renting view"
 
 
-def _renting(spec: ModelSpec, r: PlanRequest, targets: tuple[str, ...]) -> list[RentOption]:
-    """Per method, the catalogue GPU and count it fits on for the least money (or the least
-    per hour when the data size is unknown). Memory depends on the count, not the card, so
-    it is estimated once per count."""
-    out: list[RentOption] = []
-    tokens = total_tokens(r)
-    for method in r.methods:
-        peaks: dict[int, float] = {}
-        for count in GPU_COUNTS:
-            trial = replace(r, num_gpus=count, strategy="fsdp" if count > 1 else "ddp")
-            mem = estimate_memory(spec, _settings(trial, method, targets))
-            peaks[count] = mem.device_peak_bytes / GIB
-        best: RentOption | None = None
-        best_key = math.inf
-        for gpu in gpu_catalogue():
-            if gpu.price_usd_per_h is None:
-                continue
-            fitting = [c for c in GPU_COUNTS if peaks[c] <= gpu.memory_gib * (1 - HEADROOM)]
-            if not fitting:
-                continue
-            count = fitting[0]
-            speed = estimate_speed(
-                spec,
-                method,
-                _tokens_per_seq(r),
-                r.grad_ckpt,
-                r.trainer,
-                gpu.tflops,
-                count,
-                "fsdp" if count > 1 else "ddp",
-                r.micro_batch,
-            )
-            hours = None if tokens is None else tokens / speed.tokens_per_s / 3600
-            cost = None if hours is None else hours * gpu.price_usd_per_h * count
-            key = cost if cost is not None else gpu.price_usd_per_h * count
-            if key < best_key:
-                best_key = key
-                best = RentOption(
-                    method=method,
-                    gpu=gpu.name,
-                    count=count,
-                    device_peak_gib=peaks[count],
-                    price_usd_per_h=gpu.price_usd_per_h,
-                    hours=hours,
-                    cost_usd=cost,
-                )
-        if best is not None:
-            out.append(best)
-    return out
-
-
 def _shortfall(peak_gib: float, gpu: GpuSpec) -> str:
     if peak_gib > gpu.memory_gib:
         return f"needs {peak_gib:.1f} GiB, {peak_gib / gpu.memory_gib:.2f}x this GPU"
@@ -481,7 +377,10 @@ def _reason(
     room: str = "",
 ) -> str:
     if gpu is None:
-        return "no GPU detected or named: estimates for every method, and where each fits cheapest"
+        return (
+            f"no GPU detected or named: memory for every method, times on one {REFERENCE_GPU}, "
+            "and where to rent"
+        )
     where = f"{num_gpus}x {gpu.name}" if num_gpus > 1 else gpu.name
     if recommended is None:
         smallest = min(options, key=lambda o: o.device_peak_gib)
@@ -531,7 +430,7 @@ def _bf16_note(gpu: GpuSpec | None, precision: str) -> str:
 
 
 def _moe_note(spec: ModelSpec, r: PlanRequest) -> str:
-    if spec.num_experts and "qlora" in r.methods and r.framework in ("trl", "hf"):
+    if spec.num_experts and "qlora" in r.methods:
         return (
             "; QLoRA leaves this model's fused experts in bf16 (bitsandbytes quantises "
             "nn.Linear only under transformers 5)"
@@ -560,7 +459,7 @@ def plan(request: PlanRequest) -> PlanReport:
         fitting = [o for o in options if o.fits]
         if fitting:
             recommended = min(fitting, key=lambda o: METHODS.index(o.method)).method
-    renting = _renting(spec, request, targets)
+    rent = renting(spec, request, targets, total_tokens(request))
     room = ""
     if gpu is not None and recommended is not None:
         room = _batch_room(spec, request, recommended, gpu, targets)
@@ -573,6 +472,8 @@ def plan(request: PlanRequest) -> PlanReport:
         + _moe_note(spec, request),
         options=options,
         gpu=gpu,
-        renting=renting,
+        renting=rent,
         total_tokens=total_tokens(request),
+        speed_gpu=_speed_gpu(gpu).name,
+        setup_hours=setup_hours(spec, request),
     )

@@ -46,7 +46,8 @@ def request_from_preset(
     examples: int | None = None,
     avg_tokens: int | None = None,
 ) -> PlanRequest:
-    """The plan request a preset launches: its method, with its TRL arguments."""
+    """The plan request a preset launches: its method, with its TRL arguments (a setting the
+    preset leaves out is TRL's default, as the run will use it)."""
     from presets.locations import expand
 
     t = preset.training
@@ -84,4 +85,5 @@ def request_from_preset(
         max_steps=int(max_steps) if max_steps is not None and int(max_steps) > 0 else None,
         price_usd_per_h=preset.price_usd_per_h,
         precompute_ref=bool(t.get("precompute_ref_log_probs", False)),
+        stack="trl",  # a preset is launched by tunedeck's own training path
     )

@@ -116,8 +116,6 @@ def test_time_and_cost() -> None:
         assert option.hours == pytest.approx(report.total_tokens / option.tokens_per_s / 3600)
         assert option.cost_usd == pytest.approx(option.hours * 1.79)
         assert option.step_time_s == pytest.approx(16 * 500 / option.tokens_per_s)
-    lora, qlora = report.option("lora"), report.option("qlora")
-    assert qlora.tokens_per_s < lora.tokens_per_s  # dequantisation costs time
     priced = plan(replace(report.request, price_usd_per_h=1.0))
     assert priced.option("lora").cost_usd == pytest.approx(priced.option("lora").hours)
 
@@ -185,13 +183,16 @@ def test_no_gpu_gives_estimates_and_the_renting_view() -> None:
     report = plan(PlanRequest(model="meta-llama/Llama-3.1-70B", examples=2000, avg_tokens=1000))
     assert report.gpu is None and report.recommended is None
     assert all(o.fits is None for o in report.options)
-    by_method = {r.method: r for r in report.renting}
-    assert set(by_method) == {"full", "lora", "qlora"}
-    assert by_method["full"].count > 1  # 70B full fine-tuning needs several GPUs
+    assert {r.method for r in report.renting} == {"full", "lora", "qlora"}
+    # 70B full fine-tuning needs several GPUs
+    assert all(r.count > 1 for r in report.renting if r.method == "full")
     for rent in report.renting:
         gpu = find_gpu(rent.gpu)
         assert rent.device_peak_gib <= gpu.memory_gib * (1 - HEADROOM)
-        assert rent.cost_usd == pytest.approx(rent.hours * rent.price_usd_per_h * rent.count)
+        # the box is paid from its start: setup and training at its price
+        assert rent.cost_usd == pytest.approx(
+            (rent.setup_hours + rent.hours) * rent.price_usd_per_h * rent.count
+        )
     data = report.to_json()
     assert data["recommended"] is None and len(data["options"]) == 3
     for key in (
@@ -355,7 +356,8 @@ def test_plan_command_with_a_preset_and_overrides(tmp_path: Path) -> None:
             "RTX 4090",
         ).stdout
     )
-    assert data["total_tokens"] == 50 * 200 * 1.0  # 800 characters ~ 200 tokens, 1 epoch
+    # "user: " + 400 characters of prompt and 400 of answer, / 4 characters a token, 1 epoch
+    assert data["total_tokens"] == 50 * round(806 / 4) * 1.0
 
 
 @pytest.mark.parametrize(

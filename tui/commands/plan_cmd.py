@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -15,51 +14,10 @@ if TYPE_CHECKING:
     import typer
 
     from planner import PlanReport, PlanRequest
+    from planner.request import RequestField
 
-# Characters per token of English text under current BPE tokenizers; used only to size a
-# dataset file without loading a tokenizer (the plan must answer in a fraction of a second).
-CHARS_PER_TOKEN = 4.0
 BAR_CELLS = 16
 SHORT = {"full": "full", "lora": "LoRA", "qlora": "QLoRA"}
-
-
-def _dataset_size(path: str) -> tuple[int, int]:
-    """(rows, mean tokens per row) of a JSONL/JSON file, from the text it holds."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        fail(f"--dataset {path}: no such file (give a .jsonl or .json file)")
-    rows = 0
-    chars = 0
-
-    def text_len(value: Any) -> int:
-        if isinstance(value, str):
-            return len(value)
-        if isinstance(value, list):
-            return sum(text_len(v) for v in value)
-        if isinstance(value, dict):
-            return sum(text_len(v) for k, v in value.items() if k != "role")
-        return 0
-
-    try:
-        with file.open(encoding="utf-8") as handle:
-            if file.suffix == ".json":
-                data = json.load(handle)
-                items = data if isinstance(data, list) else [data]
-                rows, chars = len(items), sum(text_len(i) for i in items)
-            else:
-                for number, line in enumerate(handle, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        chars += text_len(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        fail(f"{path}:{number}: not valid JSON ({exc.msg})")
-                    rows += 1
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        fail(f"--dataset {path}: cannot read ({exc})")
-    if rows == 0:
-        fail(f"--dataset {path}: no rows")
-    return rows, max(1, round(chars / rows / CHARS_PER_TOKEN))
 
 
 def _download_config(model: str) -> None:
@@ -146,28 +104,37 @@ def _hours(hours: float | None) -> str:
 
 
 def _render(report: PlanReport, data_note: str = "") -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     from planner.core import METHOD_LABELS
 
     r = report.request
     spec = report.model
-    head = f"model [bold]{spec.name}[/] ({_params(spec.total_params)} params)"
+    head = f"model [bold]{escape(spec.name)}[/] ({_params(spec.total_params)} params)"
     if report.gpu is not None:
         price = report.gpu.price_usd_per_h
-        head += f"   gpu {r.num_gpus}x {report.gpu.name} ({report.gpu.memory_gib:.1f} GiB"
+        head += f"   gpu {r.num_gpus}x {escape(report.gpu.name)} ({report.gpu.memory_gib:.1f} GiB"
         head += f", ${price:.2f}/h)" if price is not None else ")"
     else:
-        head += "   gpu: none detected or named"
+        head += f"   gpu: none detected or named (times on one {report.speed_gpu})"
     common.console.print(head)
     common.console.print(
         f"{r.trainer}  seq {r.seq_len}  micro-batch {r.micro_batch}  accum {r.grad_accum}  "
         f"grad-ckpt {'on' if r.grad_ckpt else 'off'}  attn {r.attn}  {r.precision}  "
-        f"{r.optimizer}  LoRA r{r.lora_r} {r.lora_targets}"
-        + (f"  {r.num_gpus} GPUs {r.strategy}" if r.num_gpus > 1 else "")
+        f"{escape(r.optimizer)}  LoRA r{r.lora_r} {escape(r.lora_targets)} "
+        f"dropout {r.lora_dropout:g}  stack {r.stack}"
+        + (f"  {r.num_gpus} GPUs {r.strategy}" if r.num_gpus > 1 else ""),
+        soft_wrap=False,
     )
     if report.total_tokens:
-        common.console.print(f"data: {report.total_tokens / 1e6:,.2f} M training tokens{data_note}")
+        common.console.print(
+            f"data: {report.total_tokens / 1e6:,.2f} M training tokens{escape(data_note)}"
+        )
+    else:
+        common.console.print(
+            "data: size not given (--examples, --avg-tokens, --dataset): no time or cost"
+        )
     table = Table(show_edge=False, pad_edge=False, expand=False)
     table.add_column("method")
     if report.gpu is not None:
@@ -197,10 +164,10 @@ def _render(report: PlanReport, data_note: str = "") -> None:
         ]
         table.add_row(*cells)
     common.console.print(table)
-    common.console.print(("★ " if report.recommended else "") + report.reason)
+    common.console.print(("★ " if report.recommended else "") + escape(report.reason))
     for o in report.options:
         if o.fix:
-            common.console.print(f"fix for {METHOD_LABELS[o.method]}: {o.fix}")
+            common.console.print(f"fix for {METHOD_LABELS[o.method]}: {escape(o.fix)}")
     for o in report.options:
         parts = [
             f"{name} {value:.2f}" for name, value in o.breakdown.items() if abs(value) >= 0.005
@@ -208,15 +175,36 @@ def _render(report: PlanReport, data_note: str = "") -> None:
         common.console.print(
             f"[dim]breakdown ({METHOD_LABELS[o.method]}, GiB):[/] " + " · ".join(parts)
         )
-    if report.renting:
-        common.console.print("cheapest place to rent (typical on-demand prices):")
-        for rent in report.renting:
-            cost = f"${rent.cost_usd:,.2f}" if rent.cost_usd is not None else "-"
-            common.console.print(
-                f"  {METHOD_LABELS[rent.method]}: {rent.count}x {rent.gpu} "
-                f"(${rent.price_usd_per_h:.2f}/h each), {rent.device_peak_gib:.1f} GiB per GPU, "
-                f"{_hours(rent.hours)}, {cost}"
-            )
+        steps = " · ".join(
+            f"{name} {value:.3f}" for name, value in o.step_breakdown_s.items() if value >= 5e-4
+        )
+        common.console.print(
+            f"[dim]step ({METHOD_LABELS[o.method]}, s on {escape(report.speed_gpu)}):[/] "
+            f"{o.step_time_s:.3f}: {steps}; {o.bound}-bound, {100 * o.utilisation:.0f} % of peak"
+        )
+    _render_renting(report)
+
+
+def _render_renting(report: PlanReport) -> None:
+    from planner.core import METHOD_LABELS
+
+    if not report.renting:
+        return
+    r = report.request
+    weights_gb = report.model.total_params * 2 / 1e9
+    common.console.print(
+        f"where to rent (typical on-demand prices; a box is paid from its start: "
+        f"{r.box_start_min:g} min to start + {weights_gb:,.1f} GB of weights at "
+        f"{r.download_mb_per_s:g} MB/s, {_hours(report.setup_hours)} in all):"
+    )
+    for rent in report.renting:
+        cost = f"${rent.cost_usd:,.2f}" if rent.cost_usd is not None else "-"
+        time = _hours(rent.hours) + f" + {_hours(rent.setup_hours)}" if rent.hours else "-"
+        common.console.print(
+            f"  {METHOD_LABELS[rent.method]}, {' & '.join(rent.picks)}: {rent.count}x {rent.gpu} "
+            f"(${rent.price_usd_per_h:.2f}/h each), {rent.device_peak_gib:.1f} GiB per GPU, "
+            f"{rent.tokens_per_s:,.0f} tok/s, {time}, {cost}"
+        )
 
 
 class _Parser(argparse.ArgumentParser):
@@ -226,60 +214,54 @@ class _Parser(argparse.ArgumentParser):
         fail(f"tunedeck plan: {message} (see tunedeck plan --help)")
 
 
-def _whole_number(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    return value
+def _typed(spec: RequestField) -> Any:
+    """argparse's `type` for a request field: the request's own parsing, argparse's error."""
+    from planner.request import parse_value
+
+    def convert(text: str) -> Any:
+        try:
+            return parse_value(spec, text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
+
+
+_METAVARS = {"int": "N", "float": "X", "str": "TEXT", "methods": "METHOD"}
 
 
 def _parser() -> _Parser:
+    """The flags: one per plan request field (its flag, help, choices and default come from
+    the field), then those that are not part of a request."""
+    from planner.request import request_fields
+
     p = _Parser(
         prog="tunedeck plan",
         description="Memory, time and cost of full fine-tuning, LoRA and QLoRA, and which to "
         "use. Give a model (--model) or a preset name or file; flags override the preset.",
     )
     p.add_argument("preset", nargs="?", help="a preset name or YAML file")
-    p.add_argument("--model", help="hub id, local model folder or config.json")
+    for spec in request_fields():
+        info = spec.info
+        default = spec.default_text() or info.unset
+        kwargs: dict[str, Any] = {"dest": spec.name, "default": None}
+        if spec.kind not in ("bool",):
+            kwargs["metavar"] = _METAVARS.get(spec.kind, "TEXT") if info.choices is None else None
+        kwargs["help"] = f"{info.help} (default: {default})".replace("%", "%%")
+        if spec.kind == "bool":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif spec.kind == "methods":
+            kwargs["action"] = "append"
+        else:
+            kwargs["type"] = _typed(spec)
+            if info.choices is not None:
+                kwargs["choices"] = info.choices
+        p.add_argument(info.flag, **kwargs)
     p.add_argument(
-        "--method",
-        action="append",
-        help="full, lora or qlora (repeat or comma-separate; default: all)",
+        "--dataset",
+        help="a JSONL, JSON, CSV or Parquet file (or folder) to size: its usable rows and mean "
+        "tokens per row (characters / 4) become --examples and --avg-tokens unless given",
     )
-    p.add_argument("--trainer", help="sft or dpo")
-    p.add_argument(
-        "--gpu", help="GPU name, e.g. H100, 'A100 40GB', RTX 4090 (default: the detected one)"
-    )
-    p.add_argument("--gpu-memory", type=float, help="GiB of a custom GPU")
-    p.add_argument("--num-gpus", type=_whole_number, help="GPUs per run")
-    p.add_argument("--strategy", help="ddp, fsdp, zero2 or zero3")
-    p.add_argument("--seq-len", type=_whole_number, help="tokens per sequence (max_length)")
-    p.add_argument("--micro-batch", type=_whole_number, help="sequences per GPU per step")
-    p.add_argument("--grad-accum", type=_whole_number, help="gradient accumulation steps")
-    p.add_argument(
-        "--grad-ckpt", action=argparse.BooleanOptionalAction, help="gradient checkpointing"
-    )
-    p.add_argument("--attn", help="sdpa, flash or eager")
-    p.add_argument(
-        "--precision",
-        help="bf16 (weights and states in bf16, as TRL trains a bf16 checkpoint), fp16 (an fp16 base under adapters), bf16-mixed or fp16-mixed (fp32 master weights), or fp32",
-    )
-    p.add_argument(
-        "--optimizer",
-        help="TRL optim name, e.g. adamw_torch_fused, adamw_8bit, paged_adamw_8bit, adafactor",
-    )
-    p.add_argument("--lora-r", type=_whole_number, help="LoRA rank")
-    p.add_argument(
-        "--lora-targets", help="q,v | all-linear | module names (q,k,v,o,gate,up,down accepted)"
-    )
-    p.add_argument("--quant", help="nf4 or nf4-dq (double quantisation)")
-    p.add_argument("--liger", action=argparse.BooleanOptionalAction, help="Liger kernels")
-    p.add_argument("--examples", type=_whole_number, help="training examples")
-    p.add_argument("--avg-tokens", type=_whole_number, help="mean tokens per example")
-    p.add_argument("--dataset", help="a JSONL/JSON file to size (rows and approximate tokens)")
-    p.add_argument("--epochs", type=float, help="passes over the data")
-    p.add_argument("--price", type=float, help="USD per GPU-hour (default: the catalogue's)")
     p.add_argument(
         "--set",
         dest="set_",
@@ -298,89 +280,79 @@ def _parser() -> _Parser:
     return p
 
 
+def _changes(a: argparse.Namespace) -> dict[str, Any]:
+    """The request fields given on the command line."""
+    from planner.request import parse_value, request_fields
+
+    out: dict[str, Any] = {}
+    for spec in request_fields():
+        value = getattr(a, spec.name)
+        if value is None:
+            continue
+        if spec.kind == "methods":
+            try:
+                value = parse_value(spec, ",".join(value))
+            except ValueError as exc:
+                fail(f"{spec.info.flag}: {exc}")
+        out[spec.name] = value
+    return out
+
+
+def build_request(args: list[str]) -> tuple[PlanRequest, argparse.Namespace, str]:
+    """The plan request the command line describes: a preset or the defaults, then every
+    flag given, then the data file's size, then the detected GPU if none is named."""
+    a = _parser().parse_args(args)
+    from planner import PlanRequest, request_from_preset
+
+    changes = _changes(a)
+    base: PlanRequest
+    if a.preset is not None:
+        from presets.store import PresetError, load_preset
+
+        try:
+            loaded = load_preset(a.preset, a.set_ or [])
+        except PresetError as exc:
+            fail(exc.lines)
+        base = request_from_preset(loaded)
+        if "methods" not in changes:
+            others = tuple(m for m in ("full", "lora", "qlora") if m != loaded.method)
+            base = replace(base, methods=(loaded.method, *others))
+    else:
+        if a.set_:
+            fail("--set needs a preset (tunedeck plan PRESET --set key=value)")
+        if "model" not in changes and not (a.list_models or a.list_gpus):
+            fail("give a model (--model meta-llama/Llama-3.1-8B) or a preset name or file")
+        base = PlanRequest(model=changes.get("model", ""))
+    request = replace(base, **changes)
+    data_note = ""
+    if a.dataset is not None:
+        from runner.data.errors import DataError
+        from runner.data.size import size_dataset
+
+        try:
+            size = size_dataset(a.dataset, request.trainer)
+        except DataError as exc:
+            fail([f"--dataset {line}" for line in exc.lines])
+        sized = {"examples": size.rows, "avg_tokens": size.tokens_per_row}
+        request = replace(request, **{k: v for k, v in sized.items() if k not in changes})
+        data_note = f" ({size.note()})"
+    if request.gpu is None and request.gpu_memory_gib is None and not a.list_gpus:
+        name, memory, _count = _detected_gpu()
+        if name is not None:
+            request = replace(request, gpu=name, gpu_memory_gib=memory)
+    return request, a, data_note
+
+
 def run_plan(args: list[str]) -> None:
     """`tunedeck plan ARGS`. The flags are parsed here rather than declared to typer: typer
     builds a validator per declared option on every call, which alone took longer than the
     whole plan; `tui.cli.main` calls this directly, without typer."""
-    a = _parser().parse_args(args)
-    preset, model, trainer, gpu = a.preset, a.model, a.trainer, a.gpu
-    method = (
-        [m.strip() for item in a.method for m in item.split(",") if m.strip()] if a.method else None
-    )
-    gpu_memory, num_gpus, strategy = a.gpu_memory, a.num_gpus, a.strategy
-    seq_len, micro_batch, grad_accum, grad_ckpt = (
-        a.seq_len,
-        a.micro_batch,
-        a.grad_accum,
-        a.grad_ckpt,
-    )
-    attn, precision, optimizer, lora_r = a.attn, a.precision, a.optimizer, a.lora_r
-    lora_targets, quant, liger = a.lora_targets, a.quant, a.liger
-    examples, avg_tokens, dataset, epochs, price = (
-        a.examples,
-        a.avg_tokens,
-        a.dataset,
-        a.epochs,
-        a.price,
-    )
-    set_, as_json = a.set_, a.as_json
-    from planner import PlanError, PlanRequest, plan, request_from_preset
-
+    request, a, data_note = build_request(args)
     if a.list_models or a.list_gpus:
-        _list_catalogues(a.list_models, a.list_gpus, as_json)
+        _list_catalogues(a.list_models, a.list_gpus, a.as_json)
         return
-    data_note = ""
-    if dataset is not None:
-        examples, avg_tokens = _dataset_size(dataset)
-        data_note = f" ({examples:,} rows x ~{avg_tokens} tokens, counted from characters / 4)"
-    base: PlanRequest
-    if preset is not None:
-        from presets.store import PresetError, load_preset
+    from planner import PlanError, plan
 
-        try:
-            loaded = load_preset(preset, set_ or [])
-        except PresetError as exc:
-            fail(exc.lines)
-        base = request_from_preset(loaded)
-        if method is None:
-            others = tuple(m for m in ("full", "lora", "qlora") if m != loaded.method)
-            base = replace(base, methods=(loaded.method, *others))
-    else:
-        if set_:
-            fail("--set needs a preset (tunedeck plan PRESET --set key=value)")
-        if model is None:
-            fail("give a model (--model meta-llama/Llama-3.1-8B) or a preset name or file")
-        base = PlanRequest(model=model)
-    changes: dict[str, Any] = {
-        "model": model,
-        "methods": tuple(method) if method else None,
-        "trainer": trainer,
-        "num_gpus": num_gpus,
-        "strategy": strategy,
-        "seq_len": seq_len,
-        "micro_batch": micro_batch,
-        "grad_accum": grad_accum,
-        "grad_ckpt": grad_ckpt,
-        "attn": attn,
-        "precision": precision,
-        "optimizer": optimizer,
-        "lora_r": lora_r,
-        "lora_targets": lora_targets,
-        "quant": quant,
-        "liger": liger,
-        "examples": examples,
-        "avg_tokens": avg_tokens,
-        "epochs": epochs,
-        "price_usd_per_h": price,
-        "gpu_memory_gib": gpu_memory,
-    }
-    request = replace(base, **{k: v for k, v in changes.items() if v is not None})
-    if gpu is not None:
-        request = replace(request, gpu=gpu)
-    elif request.gpu is None and request.gpu_memory_gib is None:
-        name, memory, _count = _detected_gpu()
-        if name is not None:
-            request = replace(request, gpu=name, gpu_memory_gib=memory)
     if a.download:
         from planner.arch import catalogue
 
@@ -391,7 +363,7 @@ def run_plan(args: list[str]) -> None:
         report = plan(request)
     except PlanError as exc:
         fail(exc.lines)
-    if as_json:
+    if a.as_json:
         print_json(report.to_json())
         return
     _render(report, data_note)

@@ -1,11 +1,13 @@
 """Planner: pick a model, GPU, method and settings; the VRAM, time and cost of each method
-update as you type. `u` turns the plan into a preset in the editor."""
+update as you type. `ctrl+u` turns the plan into a preset in the editor.
+
+The form is the plan request itself: every field's label, default, choices, parsing and help
+come from `planner.request`, the same definition the `tunedeck plan` flags come from, so the
+same inputs give the same plan here and on the command line. Only the layout is chosen here."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 from rich.text import Text
@@ -16,6 +18,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
 from textual.suggester import SuggestFromList
+from textual.widget import Widget
 from textual.widgets import Footer, Input, Label, Select, Static
 
 from tui.widgets.plan_view import plan_text
@@ -23,63 +26,59 @@ from tui.widgets.plan_view import plan_text
 REPLAN_DELAY_S = 0.15
 DETECTED = "detected"
 NO_GPU = "none"
-
-# (id, label, default, width) of the number fields.
-NUMBER_FIELDS: tuple[tuple[str, str, str, int], ...] = (
-    ("num-gpus", "GPUs", "1", 4),
-    ("seq-len", "seq", "2048", 7),
-    ("micro-batch", "micro-batch", "1", 4),
-    ("grad-accum", "accum", "8", 4),
-    ("lora-r", "LoRA r", "16", 5),
+ALL_METHODS = "all"
+DEFAULT_MODEL = "meta-llama/Llama-3.1-8B"
+# What the form assumes about the data until it is told: shown as an assumption beside the
+# data fields, so times and costs are never silently about someone else's data.
+ASSUMED_DATA = {"examples": "12000", "avg_tokens": "780"}
+# Request fields in the order the form shows them (a grid, four to a row), and those that take
+# two cells.
+FORM_FIELDS: tuple[str, ...] = (
+    "model",
+    "gpu",
+    "methods",
+    "num_gpus",
+    "seq_len",
+    "micro_batch",
+    "grad_accum",
+    "grad_ckpt",
+    "attn",
+    "precision",
+    "optimizer",
+    "examples",
+    "avg_tokens",
+    "epochs",
+    "lora_r",
+    "lora_alpha",
+    "lora_targets",
+    "lora_dropout",
+    "quant",
+    "liger",
+    "stack",
+    "trainer",
+    "strategy",
+    "precompute_ref",
+    "max_steps",
+    "dataset_tokens",
+    "price_usd_per_h",
+    "gpu_memory_gib",
+    "box_start_min",
+    "download_mb_per_s",
 )
+WIDE_FIELDS = ("model", "examples")
+STRATEGY_TO_LAUNCH = {"ddp": "ddp", "zero2": "fsdp", "fsdp": "fsdp", "zero3": "deepspeed-zero3"}
+ATTN_IMPLEMENTATION = {"flash": "flash_attention_2", "eager": "eager"}
 
 
-@dataclass(frozen=True)
-class PlanInputs:
-    """What the form says, before the data file (if any) is measured."""
+def widget_id(name: str) -> str:
+    """A field's widget id: its flag without the dashes (`--seq-len` -> `seq-len`)."""
+    from planner.request import request_field
 
-    model: str
-    gpu: str | None
-    gpu_memory_gib: float | None
-    num_gpus: int
-    method: str
-    seq_len: int
-    micro_batch: int
-    grad_accum: int
-    grad_ckpt: bool
-    lora_r: int
-    lora_targets: str
-    data: str
-    epochs: float
-    price_usd_per_h: float | None
+    return request_field(name).info.flag.lstrip("-")
 
 
-def data_size(text: str) -> tuple[int | None, int | None, str | None]:
-    """(examples, average tokens, note) from the data field: a number of examples, or a JSONL
-    file whose lines are counted and whose tokens are estimated at 4 bytes each. File I/O:
-    call from a worker."""
-    text = text.strip()
-    if not text:
-        return None, None, None
-    if re.fullmatch(r"[\d_,]+", text):
-        return int(text.replace(",", "").replace("_", "")), None, None
-    path = Path(text).expanduser()
-    if not path.is_file():
-        return None, None, f"data: {text}: no such file (give a file or a number of examples)"
-    rows = 0
-    size = 0
-    with path.open("rb") as fh:
-        for line in fh:
-            if line.strip():
-                rows += 1
-                size += len(line)
-    if rows == 0:
-        return None, None, f"data: {text}: no rows"
-    return (
-        rows,
-        max(1, size // rows // 4),
-        f"{rows:,} rows, ~{size // rows // 4} tokens each (4 bytes/token)",
-    )
+def looks_like_count(text: str) -> bool:
+    return bool(re.fullmatch(r"[\d_,]+", text.strip()))
 
 
 class PlannerScreen(Screen[None]):
@@ -100,71 +99,65 @@ class PlannerScreen(Screen[None]):
     def __init__(self) -> None:
         super().__init__()
         self.report: Any | None = None
-        self.inputs: PlanInputs | None = None
+        """The newest plan the screen computed (and shows)."""
         self._timer: Any = None
+        self._touched: set[str] = set()
+        """Data fields the person has edited (their values are no longer assumed)."""
 
-    def compose(self) -> ComposeResult:
+    # ------------------------------------------------------------------ the form
+
+    def _field_widget(self, name: str) -> Widget:
         from planner import gpu_catalogue
         from planner.arch import catalogue
+        from planner.request import request_field
 
-        models = list(catalogue())
+        spec = request_field(name)
+        info = spec.info
+        wid = widget_id(name)
+        widget: Widget
+        if name == "gpu":
+            gpus = [(f"{g.name} ({g.memory_gib:.0f} GiB)", g.name) for g in gpu_catalogue()]
+            options = [("detected GPU", DETECTED), ("none: renting view", NO_GPU), *gpus]
+            widget = Select(options, value=DETECTED, allow_blank=False, id=wid)
+        elif name == "methods":
+            choices = [("compare all", ALL_METHODS), *((m, m) for m in info.choices or ())]
+            widget = Select(choices, value=ALL_METHODS, allow_blank=False, id=wid)
+        elif spec.kind == "bool":
+            value = spec.default_text()
+            widget = Select([("on", "on"), ("off", "off")], value=value, allow_blank=False, id=wid)
+        elif info.choices is not None:
+            options = [(c, c) for c in info.choices]
+            widget = Select(options, value=spec.default, allow_blank=False, id=wid)
+        elif name == "model":
+            widget = Input(
+                DEFAULT_MODEL,
+                id=wid,
+                suggester=SuggestFromList(list(catalogue()), case_sensitive=False),
+                placeholder=info.help,
+            )
+        elif name == "examples":
+            widget = Input(
+                ASSUMED_DATA["examples"], id=wid, placeholder="examples, or a data file or folder"
+            )
+        else:
+            value = ASSUMED_DATA.get(name, spec.default_text())
+            kind = {"int": "integer", "float": "number"}.get(spec.kind, "text")
+            widget = Input(value, id=wid, type=kind, placeholder="-")
+        widget.tooltip = f"{info.flag}: {info.help}"
+        return widget
+
+    def compose(self) -> ComposeResult:
+        from planner.request import request_field
+
         yield Static(Text("planner"), id="planner-title", classes="title-bar")
         with VerticalScroll(id="planner-form"):
-            with Horizontal(classes="plan-row"):
-                yield Label("model", classes="plan-label")
-                yield Input(
-                    "meta-llama/Llama-3.1-8B",
-                    id="model",
-                    suggester=SuggestFromList(models, case_sensitive=False),
-                    placeholder="hub id from the catalogue, a local folder or config.json",
-                )
-            with Horizontal(classes="plan-row"):
-                yield Label("gpu", classes="plan-label")
-                gpus = [(f"{g.name} ({g.memory_gib:.0f} GiB)", g.name) for g in gpu_catalogue()]
-                yield Select(
-                    [("detected GPU", DETECTED), ("none: renting view", NO_GPU), *gpus],
-                    value=DETECTED,
-                    allow_blank=False,
-                    id="gpu",
-                )
-                yield Label("method", classes="plan-label-short")
-                yield Select(
-                    [
-                        ("compare all", "all"),
-                        ("full", "full"),
-                        ("LoRA", "lora"),
-                        ("QLoRA", "qlora"),
-                    ],
-                    value="all",
-                    allow_blank=False,
-                    id="method",
-                )
-            with Horizontal(classes="plan-row"):
-                for field_id, label, default, _ in NUMBER_FIELDS:
+            for name in FORM_FIELDS:
+                classes = "plan-cell plan-wide-cell" if name in WIDE_FIELDS else "plan-cell"
+                with Horizontal(classes=classes):
+                    label = "data" if name == "examples" else request_field(name).info.label
                     yield Label(label, classes="plan-label-short")
-                    yield Input(default, id=field_id, type="integer", classes="plan-number")
-            with Horizontal(classes="plan-row"):
-                yield Label("grad ckpt", classes="plan-label-short")
-                yield Select(
-                    [("on", "on"), ("off", "off")], value="on", allow_blank=False, id="grad-ckpt"
-                )
-                yield Label("targets", classes="plan-label-short")
-                yield Input("all-linear", id="lora-targets")
-            with Horizontal(classes="plan-row"):
-                yield Label("data", classes="plan-label")
-                yield Input(
-                    "12000",
-                    id="data",
-                    placeholder="number of examples, or a JSONL file",
-                )
-                yield Label("tok/ex", classes="plan-label-short")
-                yield Input("780", id="avg-tokens", type="integer", classes="plan-number")
-                yield Label("epochs", classes="plan-label-short")
-                yield Input("3", id="epochs", type="number", classes="plan-number")
-                yield Label("$/h", classes="plan-label-short")
-                yield Input(
-                    "", id="price", type="number", placeholder="auto", classes="plan-number"
-                )
+                    yield self._field_widget(name)
+        yield Label("", id="data-note")
         yield Static("", id="planner-problems")
         with VerticalScroll(id="plan-box") as box:
             box.border_title = "plan"
@@ -173,123 +166,109 @@ class PlannerScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.query_one("#model", Input).focus()
+        self._show_data_note()
         self._replan()
+
+    def _show_data_note(self) -> None:
+        assumed = not (self._touched & {"examples", "avg_tokens"})
+        text = Text("assumed: type your data size or a file", "yellow") if assumed else Text("")
+        self.query_one("#data-note", Label).update(text)
 
     # ------------------------------------------------------------------ input -> plan
 
     @on(Input.Changed)
     @on(Select.Changed)
-    def _changed(self) -> None:
+    def _changed(self, event: Input.Changed | Select.Changed) -> None:
+        for name in ("examples", "avg_tokens"):
+            if event.control.id == widget_id(name) and event.value != ASSUMED_DATA[name]:
+                self._touched.add(name)
+                self._show_data_note()
         if self._timer is not None:
             self._timer.stop()
         self._timer = self.set_timer(REPLAN_DELAY_S, self._replan)
 
-    def _read_inputs(self) -> tuple[PlanInputs | None, list[str]]:
+    def _text(self, name: str) -> str:
+        widget = self.query_one(f"#{widget_id(name)}")
+        if isinstance(widget, Select):
+            return str(widget.value)
+        assert isinstance(widget, Input)
+        return widget.value
+
+    def read_request(self) -> tuple[dict[str, Any], str | None, list[str]]:
+        """(request values, a data file to size or None, problems) from the form."""
+        from planner.request import parse_value, request_field
+
+        values: dict[str, Any] = {}
         problems: list[str] = []
-
-        def value(widget_id: str) -> str:
-            return self.query_one(f"#{widget_id}", Input).value.strip()
-
-        def integer(widget_id: str, label: str) -> int:
-            text = value(widget_id)
-            if not text.isdigit() or int(text) < 1:
-                problems.append(f"{label}: a whole number of 1 or more, got {text!r}")
-                return 1
-            return int(text)
-
-        def number(widget_id: str, label: str, optional: bool) -> float | None:
-            text = value(widget_id)
-            if not text and optional:
-                return None
+        data_file: str | None = None
+        for name in FORM_FIELDS:
+            text = self._text(name)
+            if name == "gpu":
+                values.update(self._gpu_values(text))
+                continue
+            if name == "methods" and text == ALL_METHODS:
+                continue  # the request's default: every method
+            if name == "examples" and text.strip() and not looks_like_count(text):
+                data_file = text.strip()
+                continue
+            spec = request_field(name)
             try:
-                result = float(text)
-            except ValueError:
-                problems.append(f"{label}: a number, got {text!r}")
-                return None
-            if result < 0 or (result == 0 and not optional):
-                problems.append(f"{label}: must be more than 0, got {text}")
-                return None
-            return result
-
-        gpu_choice = str(self.query_one("#gpu", Select).value)
-        gpu: str | None = gpu_choice
-        memory: float | None = None
-        if gpu_choice == NO_GPU:
-            gpu = None
-        elif gpu_choice == DETECTED:
-            tel = self.app.telemetry  # type: ignore[attr-defined]
-            if tel is not None and tel.snapshot.available:
-                first = tel.snapshot.gpus[0]
-                gpu, memory = first.name, first.memory_total_gib
-            else:
-                gpu = None
-        model = value("model")
-        if not model:
+                value = parse_value(spec, text)
+            except ValueError as exc:
+                problems.append(f"{spec.info.label} ({spec.info.flag}): {exc}")
+                continue
+            if value is not None:
+                values[name] = value
+        if not values.get("model"):
             problems.append("model: give a hub id, a local folder or a config.json")
-        inputs = PlanInputs(
-            model=model,
-            gpu=gpu,
-            gpu_memory_gib=memory,
-            num_gpus=integer("num-gpus", "GPUs"),
-            method=str(self.query_one("#method", Select).value),
-            seq_len=integer("seq-len", "seq"),
-            micro_batch=integer("micro-batch", "micro-batch"),
-            grad_accum=integer("grad-accum", "accum"),
-            grad_ckpt=self.query_one("#grad-ckpt", Select).value == "on",
-            lora_r=integer("lora-r", "LoRA r"),
-            lora_targets=value("lora-targets") or "all-linear",
-            data=value("data"),
-            epochs=number("epochs", "epochs", optional=False) or 1.0,
-            price_usd_per_h=number("price", "$/h", optional=True),
-        )
-        return (None if problems else inputs), problems
+        return values, data_file, problems
+
+    def _gpu_values(self, choice: str) -> dict[str, Any]:
+        """A detected GPU is planned with its name and the memory the driver reports, as
+        `tunedeck plan` plans it."""
+        if choice == NO_GPU:
+            return {}
+        if choice == DETECTED:
+            tel = self.app.telemetry  # type: ignore[attr-defined]
+            if tel is not None and tel.snapshot.available and tel.snapshot.gpus:
+                first = tel.snapshot.gpus[0]
+                return {"gpu": first.name, "gpu_memory_gib": first.memory_total_gib}
+            return {}
+        return {"gpu": choice}
 
     def _replan(self) -> None:
-        inputs, problems = self._read_inputs()
+        values, data_file, problems = self.read_request()
         box = self.query_one("#planner-problems", Static)
-        if inputs is None:
+        if problems:
             box.update(Text("\n".join(problems), "bold red"))
             return
         box.update("")
-        avg_text = self.query_one("#avg-tokens", Input).value.strip()
-        avg_tokens = int(avg_text) if avg_text.isdigit() and int(avg_text) > 0 else None
-        self.inputs = inputs
-        self._plan(inputs, avg_tokens)
+        self._plan(values, data_file, "avg_tokens" in self._touched)
 
     @work(thread=True, exclusive=True, group="plan", exit_on_error=False)
-    def _plan(self, inputs: PlanInputs, avg_tokens: int | None) -> None:
+    def _plan(self, values: dict[str, Any], data_file: str | None, avg_given: bool) -> None:
         from planner import PlanError, PlanRequest
 
-        examples, measured_avg, note = data_size(inputs.data)
-        if note is not None and examples is None:
-            self.post_message(self.Planned(None, [note], None))
-            return
         plan_fn = self.app.plan_fn  # type: ignore[attr-defined]
         if plan_fn is None:
             self.post_message(self.Planned(None, ["the planner is not available"], None))
             return
-        methods = ("full", "lora", "qlora") if inputs.method == "all" else (inputs.method,)
-        request = PlanRequest(
-            model=inputs.model,
-            methods=methods,
-            gpu=inputs.gpu,
-            gpu_memory_gib=inputs.gpu_memory_gib,
-            num_gpus=inputs.num_gpus,
-            strategy="fsdp" if inputs.num_gpus > 1 else "ddp",
-            seq_len=inputs.seq_len,
-            micro_batch=inputs.micro_batch,
-            grad_accum=inputs.grad_accum,
-            grad_ckpt=inputs.grad_ckpt,
-            lora_r=inputs.lora_r,
-            lora_alpha=2 * inputs.lora_r,
-            lora_targets=inputs.lora_targets,
-            examples=examples,
-            avg_tokens=measured_avg or avg_tokens,
-            epochs=inputs.epochs,
-            price_usd_per_h=inputs.price_usd_per_h,
-        )
+        note = None
+        if data_file is not None:
+            from runner.data.errors import DataError
+            from runner.data.size import size_dataset
+
+            try:
+                size = size_dataset(data_file, values.get("trainer", "sft"))
+            except DataError as exc:
+                self.post_message(self.Planned(None, [f"data: {line}" for line in exc.lines], None))
+                return
+            values = {**values, "examples": size.rows}
+            if not avg_given:
+                values["avg_tokens"] = size.tokens_per_row
+            note = f"data: {size.note()}"
         try:
-            report = plan_fn(request)
+            report = plan_fn(PlanRequest(**values))
         except PlanError as exc:
             self.post_message(self.Planned(None, exc.lines, None))
             return
@@ -304,54 +283,70 @@ class PlannerScreen(Screen[None]):
         self.report = message.report
         problems.update(Text(message.note or "", "dim"))
         result = self.query_one("#plan-result", Static)
-        method = self.inputs.method if self.inputs and self.inputs.method != "all" else None
-        result.update(plan_text(message.report, result.size.width or 100, method))
+        methods = message.report.request.methods
+        focus = methods[0] if len(methods) == 1 else None
+        result.update(plan_text(message.report, result.size.width or 100, focus))
 
     # ------------------------------------------------------------------ plan -> preset
 
     def preset_data(self) -> dict[str, Any] | None:
         """A preset (as YAML data) that trains what the plan describes."""
-        if self.report is None or self.inputs is None:
+        if self.report is None:
             return None
-        inputs = self.inputs
-        method = inputs.method if inputs.method != "all" else (self.report.recommended or "lora")
-        short = inputs.model.rstrip("/").split("/")[-1].lower()
+        r = self.report.request
+        method = r.methods[0] if len(r.methods) == 1 else (self.report.recommended or "lora")
+        short = r.model.rstrip("/").split("/")[-1].lower()
         name = re.sub(r"[^a-z0-9._-]+", "-", f"{method}-{short}").strip("-.")[:64] or "plan"
-        data_path = (
-            inputs.data if inputs.data and not inputs.data.replace(",", "").isdigit() else ""
-        )
-        targets: Any = inputs.lora_targets
+        data_text = self._text("examples").strip()
+        data_path = data_text if data_text and not looks_like_count(data_text) else ""
+        targets: Any = r.lora_targets
         if targets != "all-linear":
             targets = [t.strip() for t in targets.split(",") if t.strip()]
         training: dict[str, Any] = {
-            "num_train_epochs": inputs.epochs,
-            "per_device_train_batch_size": inputs.micro_batch,
-            "gradient_accumulation_steps": inputs.grad_accum,
-            "max_length": inputs.seq_len,
-            "gradient_checkpointing": inputs.grad_ckpt,
+            "num_train_epochs": r.epochs,
+            "per_device_train_batch_size": r.micro_batch,
+            "gradient_accumulation_steps": r.grad_accum,
+            "max_length": r.seq_len,
+            "gradient_checkpointing": r.grad_ckpt,
+            "optim": r.optimizer,
             "learning_rate": 1e-5 if method == "full" else 2e-4,
-            "bf16": True,
             "logging_steps": 10,
             "save_steps": 200,
         }
+        training.update(_precision_arguments(r.precision))
+        if r.attn in ATTN_IMPLEMENTATION:
+            init = training.setdefault("model_init_kwargs", {})
+            init["attn_implementation"] = ATTN_IMPLEMENTATION[r.attn]
+        if r.liger:
+            training["use_liger_kernel"] = True
+        if r.max_steps is not None:
+            training["max_steps"] = r.max_steps
+        if r.trainer == "dpo" and r.precompute_ref:
+            training["precompute_ref_log_probs"] = True
         data: dict[str, Any] = {
             "name": name,
-            "description": f"{method} of {inputs.model}, from the planner",
-            "model": inputs.model,
+            "description": f"{method} of {r.model}, from the planner",
+            "model": r.model,
             "dataset": {"path": data_path or "path/to/train.jsonl"},
-            "trainer": "sft",
+            "trainer": r.trainer,
             "method": method,
-            "lora": {"r": inputs.lora_r, "alpha": 2 * inputs.lora_r, "target_modules": targets},
+            "lora": {
+                "r": r.lora_r,
+                "alpha": r.lora_alpha,
+                "dropout": r.lora_dropout,
+                "target_modules": targets,
+            },
+            "quantization": {"double_quant": r.quant == "nf4-dq"},
             "training": training,
             "launch": {
-                "num_gpus": inputs.num_gpus,
-                "strategy": "single" if inputs.num_gpus == 1 else "fsdp",
+                "num_gpus": r.num_gpus,
+                "strategy": "single" if r.num_gpus == 1 else STRATEGY_TO_LAUNCH[r.strategy],
             },
         }
         if self.report.gpu is not None:
             data["gpu"] = self.report.gpu.name
-        if inputs.price_usd_per_h is not None:
-            data["price_usd_per_h"] = inputs.price_usd_per_h
+        if r.price_usd_per_h is not None:
+            data["price_usd_per_h"] = r.price_usd_per_h
         return data
 
     def action_use_plan(self) -> None:
@@ -363,3 +358,16 @@ class PlannerScreen(Screen[None]):
 
     def action_back(self) -> None:
         self.app.pop_screen()
+
+
+def _precision_arguments(precision: str) -> dict[str, Any]:
+    """TRL arguments that train in `precision`, as `request_from_preset` reads them back."""
+    if precision == "bf16":
+        return {"bf16": True}
+    if precision == "fp16":
+        return {"fp16": True, "model_init_kwargs": {"dtype": "float16"}}
+    if precision == "bf16-mixed":
+        return {"bf16": True, "model_init_kwargs": {"dtype": "float32"}}
+    if precision == "fp16-mixed":
+        return {"fp16": True, "model_init_kwargs": {"dtype": "float32"}}
+    return {"model_init_kwargs": {"dtype": "float32"}}

@@ -36,7 +36,7 @@ def plan_text(report: Any, width: int, focus_method: str | None = None) -> Text:
         price = f" ({money(gpu.price_usd_per_h)}/h)" if gpu.price_usd_per_h is not None else ""
         out.append(f"{req.num_gpus}x {gpu.name} {gpu.memory_gib:.1f} GiB{price}")
     else:
-        out.append("none chosen: renting view")
+        out.append(f"none chosen: times on one {report.speed_gpu}")
     if report.total_tokens:
         out.append("   tokens ", "bold")
         out.append(f"{report.total_tokens / 1e6:,.1f} M")
@@ -70,13 +70,19 @@ def plan_text(report: Any, width: int, focus_method: str | None = None) -> Text:
         out.append("\n★ ", "bold")
         out.append(report.reason + "\n")
     if gpu is None and report.renting:
-        out.append("\ncheapest GPU to rent per method:\n", "bold")
+        req_start = f"{req.box_start_min:g} min to start"
+        setup = duration(report.setup_hours * 3600)
+        out.append(
+            f"\nwhere to rent (a box is paid from its start: {req_start} + weights at "
+            f"{req.download_mb_per_s:g} MB/s, {setup} in all):\n",
+            "bold",
+        )
         for rent in report.renting:
+            train = duration(rent.hours * 3600) if rent.hours is not None else "-"
             out.append(
-                f"  {LABELS.get(rent.method, rent.method):<8}{rent.count}x {rent.gpu}"
-                f"  {rent.device_peak_gib:.1f} GiB  {money(rent.price_usd_per_h)}/h"
-                f"  {duration(rent.hours * 3600 if rent.hours is not None else None)}"
-                f"  {money(rent.cost_usd)}\n"
+                f"  {LABELS.get(rent.method, rent.method):<7}{' & '.join(rent.picks):<22}"
+                f"{rent.count}x {rent.gpu:<10} {money(rent.price_usd_per_h)}/h"
+                f"  {rent.tokens_per_s:>8,.0f} tok/s  {train:>7} + setup  {money(rent.cost_usd)}\n"
             )
     shown = (
         focus_method or report.recommended or (report.options[0].method if report.options else None)
@@ -86,5 +92,7 @@ def plan_text(report: Any, width: int, focus_method: str | None = None) -> Text:
         out.append(f"\nbreakdown ({LABELS.get(option.method, option.method)}, GiB): ", "bold")
         out.append(" · ".join(f"{k} {v:.2f}" for k, v in option.breakdown.items()))
         out.append(f"\n{option.tokens_per_s:,.0f} tok/s · {option.step_time_s:.2f} s/step")
+        out.append(f" on {report.speed_gpu} ({option.bound}-bound, ")
+        out.append(f"{100 * option.utilisation:.0f} % of peak)")
         out.append(f" · {option.trainable_params / 1e6:,.1f} M trainable parameters\n")
     return out
