@@ -44,7 +44,7 @@ def preflight_text(preset: Any, pf: Any) -> Text:
     else:
         verdict_style = {"ok": "green", "warnings": "yellow", "errors": "bold red"}
         out.append(f"{data.verdict}", verdict_style.get(data.verdict, ""))
-        out.append(f" · {data.rows:,} rows · {data.format}\n")
+        out.append(f" · {data.rows_text()} · {data.format}\n")
         for line in data.summary_lines()[:6]:
             out.append(f"      {line}\n", "dim")
     if pf.problems:
