@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from tui.commands.common import EXIT_FAILED, console, err_console, fail, print_json
 
@@ -86,16 +87,16 @@ def _launch(
                 result = launch(root, preset, name, force, auto_resume or None, dist)
     except RunError as exc:
         fail(exc.lines)
-    _print_launched(result, as_json, "started")
+    _print_launched(result, as_json, f"started {result.run_id}")
 
 
-def _print_launched(result: LaunchResult, as_json: bool, verb: str) -> None:
+def _print_launched(result: LaunchResult, as_json: bool, headline: str) -> None:
     if as_json:
         print_json(result.to_json())
         return
     for line in result.warnings:
-        err_console.print(f"[yellow]warning:[/] {line}", markup=True, soft_wrap=True)
-    console.print(f"{verb} {result.run_id}  (pid {result.pid})")
+        err_console.print("[yellow]warning:[/] ", Text(line), sep="", markup=True, soft_wrap=True)
+    console.print(f"{headline}  (pid {result.pid})", markup=False)
     console.print(f"folder  {result.run_dir}")
     console.print(f"follow  tunedeck watch {result.run_id}  (or: tunedeck logs {result.run_id} -f)")
     console.print(f"stop    tunedeck stop {result.run_id}")
@@ -286,7 +287,10 @@ def stop(
     except RunError as exc:
         fail(exc.lines)
     if now:
-        console.print(f"killed {before.run_id}; resume continues from its last checkpoint")
+        from tui.run_messages import killed_text, newest_complete_checkpoint
+
+        start = newest_complete_checkpoint(run_dir)
+        console.print(killed_text(before.run_id, before.state.step, start), soft_wrap=True)
         return
     if no_wait:
         console.print(f"asked {before.run_id} to stop (checkpoint first)")
@@ -319,30 +323,33 @@ def resume(
 ) -> None:
     """Continue an interrupted run from its newest complete checkpoint, detached."""
     from runner.runs import RunError
+    from tui.run_messages import newest_complete_checkpoint, resumed_text
 
     store = _store(runs_dir)
     if all_interrupted == (run_id is not None):
         fail(["give a run id or --all-interrupted (one of them)"])
     if run_id is not None:
         try:
+            start = newest_complete_checkpoint(store.resolve(run_id))
             result = store.resume(run_id)
         except RunError as exc:
             fail(exc.lines)
-        _print_launched(result, as_json, "resumed")
+        _print_launched(result, as_json, resumed_text(result.run_id, start))
         return
     results, problems = [], []
     for s in store.list():
         if s.state.status != "interrupted" or not s.state.auto_resume or s.state.stopped_by_user:
             continue
         try:
-            results.append(store.resume(s.run_id))
+            start = newest_complete_checkpoint(s.run_dir)
+            results.append((store.resume(s.run_id), start))
         except RunError as exc:
             problems += [f"{s.run_id}: {line}" for line in exc.lines]
     if as_json:
-        print_json({"resumed": [r.to_json() for r in results], "problems": problems})
+        print_json({"resumed": [r.to_json() for r, _ in results], "problems": problems})
     else:
-        for r in results:
-            console.print(f"resumed {r.run_id} (pid {r.pid})")
+        for r, start in results:
+            console.print(f"{resumed_text(r.run_id, start)} (pid {r.pid})", markup=False)
         if not results:
             console.print("no interrupted runs to resume")
         for line in problems:
