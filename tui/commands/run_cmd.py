@@ -7,6 +7,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from textwrap import shorten
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -16,6 +17,8 @@ from rich.text import Text
 from tui.commands.common import EXIT_FAILED, console, err_console, fail, print_json
 
 if TYPE_CHECKING:
+    from rich.console import RenderableType
+
     from runner.launch import LaunchResult
     from runner.runs import RunStore, RunSummary
 
@@ -179,15 +182,22 @@ def demo(
 # ---------------------------------------------------------------- runs / logs
 
 
-def _row(s: RunSummary) -> list[str]:
+RUNS_COLUMNS = ("run", "status", "step", "loss", "elapsed", "ETA", "cost")
+# On a narrow terminal these columns go first, in this order: the run id is never cut or wrapped
+# (two runs of one preset differ only in their last characters).
+RUNS_DROP_ORDER = ("elapsed", "cost", "ETA", "loss")
+COLUMN_GAP = 2  # the table's padding: one space each side of a column, none at the edges
+
+
+def _row(s: RunSummary) -> dict[str, str]:
     st = s.state
     step = f"{st.step}/{st.max_steps}" if st.max_steps else str(st.step)
     status: str = st.status
     if status == "interrupted" and st.stopped_by_user:
         status = "interrupted (stopped)"
     elif status == "failed" and st.failure_reason:
-        status = f"failed: {st.failure_reason[:40]}"
-    return [
+        status = f"failed: {shorten(st.failure_reason, 40, placeholder='…')}"
+    cells = (
         s.run_id,
         status,
         step,
@@ -195,7 +205,52 @@ def _row(s: RunSummary) -> list[str]:
         _duration(s.elapsed_s),
         _duration(s.eta_s),
         f"${s.cost_usd:.2f}" if s.cost_usd is not None else "-",
-    ]
+    )
+    return dict(zip(RUNS_COLUMNS, cells, strict=True))
+
+
+def runs_columns(rows: list[dict[str, str]], width: int) -> list[str] | None:
+    """The columns that fit `width` with every cell whole (the status may wrap between words);
+    None when not even the run id, status and step fit side by side."""
+    from rich.cells import cell_len
+
+    def needed(column: str) -> int:
+        cells = [row[column] for row in rows]
+        if column == "status":  # wraps between words
+            cells = [word for cell in cells for word in cell.split()]
+        return max(cell_len(text) for text in [column, *cells])
+
+    columns = list(RUNS_COLUMNS)
+    drops = iter(RUNS_DROP_ORDER)
+    while sum(needed(c) for c in columns) + COLUMN_GAP * (len(columns) - 1) > width:
+        dropped = next(drops, None)
+        if dropped is None:
+            return None
+        columns.remove(dropped)
+    return columns
+
+
+def runs_table(summaries: list[RunSummary], width: int) -> RenderableType:
+    """The runs as a table that fits `width`, or, narrower than the essentials, one block a run
+    (its id on a line of its own)."""
+    rows = [_row(s) for s in summaries]
+    columns = runs_columns(rows, width)
+    if columns is None:
+        from rich.console import Group
+        from rich.padding import Padding
+
+        blocks: list[RenderableType] = []
+        for row in rows:
+            rest = (f"{c} {row[c]}" for c in RUNS_COLUMNS[2:] if row[c] != "-")
+            blocks.append(Text(row["run"], style="bold"))
+            blocks.append(Padding(Text(" · ".join([row["status"], *rest])), (0, 0, 0, 2)))
+        return Group(*blocks)
+    table = Table(box=None, pad_edge=False)
+    for column in columns:
+        table.add_column(column, no_wrap=column != "status", overflow="fold")
+    for row in rows:
+        table.add_row(*(row[c] for c in columns))
+    return table
 
 
 def runs(runs_dir: RunsDirOption = None, as_json: JsonOption = False) -> None:
@@ -206,14 +261,9 @@ def runs(runs_dir: RunsDirOption = None, as_json: JsonOption = False) -> None:
         print_json({"runs_dir": str(store.root), "runs": [s.to_json() for s in summaries]})
         return
     if not summaries:
-        console.print(f"no runs under {store.root}; start one with `tunedeck demo`")
+        console.print(f"no runs under {store.root}; start one with `tunedeck demo`", markup=False)
         return
-    table = Table(box=None, pad_edge=False)
-    for col in ("run", "status", "step", "loss", "elapsed", "ETA", "cost"):
-        table.add_column(col, overflow="fold")
-    for s in summaries:
-        table.add_row(*_row(s))
-    console.print(table)
+    console.print(runs_table(summaries, console.width), crop=False)
 
 
 def logs(

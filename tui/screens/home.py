@@ -25,24 +25,85 @@ STATUS_STYLE = {
     "failed": "bold red",
 }
 
+Column = tuple[str, str, int]  # label, key, width in cells
+
 RUNS_REFRESH_S = 2.0
+# The table's frame: its border (2) and room for a vertical scrollbar (2).
+RUNS_FRAME_W = 4
+CELL_PADDING_W = 2  # DataTable's cell padding, one each side
+STATUS_W = 15  # "interrupted (r)"
+STATUS_SHORT_W = 11  # "interrupted"
+# On a narrow terminal these give way, last first: the run id is never cut while the others can
+# make room (two runs of one preset differ only in their last characters).
+RUNS_OPTIONAL: tuple[Column, ...] = (
+    ("loss", "loss", 6),
+    ("ETA", "eta", 6),
+    ("spent", "spent", 7),
+)
 
 
-def run_row(summary: Any) -> tuple[Text, ...]:
-    """The cells of one run in the runs list; the status is a word, colour only adds to it."""
-    state = summary.state
-    status = Text(state.status, STATUS_STYLE.get(state.status, ""))
-    if state.status == "interrupted":
-        status.append(" (r)", "bold")
-    max_steps = count(state.max_steps) if state.max_steps else "?"
-    return (
-        Text(summary.run_id, no_wrap=True, overflow="ellipsis"),
-        status,
-        Text(f"{count(state.step)}/{max_steps}", justify="right"),
-        Text(number(summary.last_loss), justify="right"),
-        Text(duration(summary.eta_s) if state.status == "running" else "-", justify="right"),
-        Text(money(summary.cost_usd), justify="right"),
+def _step_text(step: int, max_steps: int | None) -> str:
+    return f"{count(step)}/{count(max_steps) if max_steps else '?'}"
+
+
+def runs_layout(summaries: list[Any], width: int) -> tuple[Column, ...]:
+    """The runs list's columns for a screen `width` cells wide: the id as wide as the longest,
+    then status and step, then loss, ETA and spent while they fit."""
+    id_w = max([len("run"), *(len(s.run_id) for s in summaries)])
+    # As wide as "total/total": the column does not jump as a run counts up.
+    step_w = max(
+        [
+            len("step"),
+            *(
+                len(_step_text(s.state.max_steps or s.state.step, s.state.max_steps))
+                for s in summaries
+            ),
+        ]
     )
+    room = width - RUNS_FRAME_W
+
+    def used(columns: list[Column]) -> int:
+        return sum(w + CELL_PADDING_W for _, _, w in columns)
+
+    columns: list[Column] = [
+        ("run", "run", id_w),
+        ("status", "status", STATUS_W),
+        ("step", "step", step_w),
+    ]
+    for optional in RUNS_OPTIONAL:
+        if used([*columns, optional]) > room:
+            break
+        columns.append(optional)
+    if used(columns) > room:
+        columns[1] = ("status", "status", STATUS_SHORT_W)
+    if used(columns) > room:  # narrower than the essentials: only now does the id give way
+        columns[0] = ("run", "run", max(8, id_w - (used(columns) - room)))
+    return tuple(columns)
+
+
+def run_row(summary: Any, layout: tuple[Column, ...]) -> tuple[Text, ...]:
+    """The cells of one run for the columns of `layout`; the status is a word, colour only adds
+    to it."""
+    state = summary.state
+    cells: dict[str, Text] = {}
+    for _, key, width in layout:
+        if key == "run":
+            cells[key] = Text(summary.run_id, no_wrap=True, overflow="ellipsis")
+        elif key == "status":
+            status = Text(state.status, STATUS_STYLE.get(state.status, ""))
+            if state.status == "interrupted" and width >= STATUS_W:
+                status.append(" (r)", "bold")
+            cells[key] = status
+        elif key == "step":
+            cells[key] = Text(_step_text(state.step, state.max_steps), justify="right")
+        elif key == "loss":
+            cells[key] = Text(number(summary.last_loss), justify="right")
+        elif key == "eta":
+            eta = duration(summary.eta_s) if state.status == "running" else "-"
+            cells[key] = Text(eta, justify="right")
+        elif key == "spent":
+            cells[key] = Text(money(summary.cost_usd), justify="right")
+    return tuple(cells[key] for _, key, _ in layout)
 
 
 class HomeScreen(Screen[None]):
@@ -74,20 +135,9 @@ class HomeScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        table = self.query_one("#runs", DataTable)
-        # The run id gives way first on a narrow terminal; the figures keep their room.
-        run_width = max(16, min(32, self.app.size.width - 66))
-        table.add_column("run", key="run", width=run_width)
-        # Fixed widths: columns do not jump as figures change, and nothing is measured late.
-        for label, key, width in (
-            ("status", "status", 15),
-            ("step", "step", 11),
-            ("loss", "loss", 6),
-            ("ETA", "eta", 6),
-            ("spent", "spent", 7),
-        ):
-            table.add_column(label, key=key, width=width)
+        self._layout: tuple[Column, ...] = ()
         self._summaries: dict[str, Any] = {}
+        self._lay_out([])
         self.app.telemetry_signal.subscribe(self, self._title)  # type: ignore[attr-defined]
         tel = self.app.telemetry  # type: ignore[attr-defined]
         self._title(tel)
@@ -111,6 +161,27 @@ class HomeScreen(Screen[None]):
 
     def on_screen_resume(self) -> None:
         self.refresh_runs()
+
+    def on_resize(self) -> None:
+        self._lay_out(list(self._summaries.values()))
+
+    def _lay_out(self, summaries: list[Any]) -> bool:
+        """Set the columns for these runs at this width and refill the table; True when the
+        columns changed. Fixed widths: columns do not jump as figures change."""
+        layout = runs_layout(summaries, self.app.size.width)
+        if layout == self._layout:
+            return False
+        table = self.query_one("#runs", DataTable)
+        cursor_row = table.cursor_row
+        table.clear(columns=True)
+        for label, key, width in layout:
+            table.add_column(label, key=key, width=width)
+        self._layout = layout
+        for s in summaries:
+            table.add_row(*run_row(s, layout), key=s.run_id)
+        if summaries:
+            table.move_cursor(row=min(max(cursor_row, 0), len(summaries) - 1))
+        return True
 
     @work(thread=True, exclusive=True, group="runs-list")
     def refresh_runs(self) -> None:
@@ -148,20 +219,23 @@ class HomeScreen(Screen[None]):
         wanted = [s.run_id for s in message.summaries]
         current = [str(k.value) for k in table.rows]
         self._summaries = {s.run_id: s for s in message.summaries}
+        if wanted == current and self._lay_out(message.summaries):
+            return
         if wanted != current:
             cursor_key = (
                 current[table.cursor_row] if current and table.cursor_row < len(current) else None
             )
-            table.clear()
-            for s in message.summaries:
-                table.add_row(*run_row(s), key=s.run_id)
+            if not self._lay_out(message.summaries):
+                table.clear()
+                for s in message.summaries:
+                    table.add_row(*run_row(s, self._layout), key=s.run_id)
             if cursor_key in wanted:
                 table.move_cursor(row=wanted.index(cursor_key))
             return
-        columns = ("run", "status", "step", "loss", "eta", "spent")
+        keys = [key for _, key, _ in self._layout]
         for s in message.summaries:
-            for column, cell in zip(columns, run_row(s), strict=True):
-                table.update_cell(s.run_id, column, cell)
+            for key, cell in zip(keys, run_row(s, self._layout), strict=True):
+                table.update_cell(s.run_id, key, cell)
 
     def _selected(self) -> Any | None:
         table = self.query_one("#runs", DataTable)
