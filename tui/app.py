@@ -169,12 +169,11 @@ class TunedeckApp(App[None]):
             start = newest_complete_checkpoint(self.store.resolve(run_id))
             result = self.store.resume(run_id)
         except RunError as exc:
-            self.call_from_thread(self.notify, "\n".join(exc.lines), severity="error")
+            self.call_from_thread(self.notify, "\n".join(exc.lines), severity="error", markup=False)
             return
         lines = [resumed_text(result.run_id, start), *result.warnings]
-        self.call_from_thread(
-            self.notify, "\n".join(lines), severity="warning" if result.warnings else "information"
-        )
+        severity = "warning" if result.warnings else "information"
+        self.call_from_thread(self.notify, "\n".join(lines), severity=severity, markup=False)
 
 
 def _store_factory(runs_dir: str | None) -> Callable[[], Any]:

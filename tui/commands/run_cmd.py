@@ -19,6 +19,7 @@ from tui.commands.common import EXIT_FAILED, console, err_console, fail, print_j
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
+    from presets.schema import Preset
     from runner.launch import LaunchResult
     from runner.runs import RunStore, RunSummary
 
@@ -75,6 +76,7 @@ def _launch(
         preset = load_preset(preset_name, overrides or [])
     except PresetError as exc:
         fail(exc.lines)
+    _ensure_demo_files(preset, as_json)
     dist = Distributed(
         nnodes=nnodes or preset.launch.nnodes,
         node_rank=node_rank,
@@ -91,6 +93,23 @@ def _launch(
     except RunError as exc:
         fail(exc.lines)
     _print_launched(result, as_json, f"started {result.run_id}")
+
+
+def _ensure_demo_files(preset: Preset, quiet: bool) -> None:
+    """Make the demo model and data when the preset trains on them and they are missing: they
+    are built here, with no download, so there is nothing to refuse."""
+    from runner.demo import demo_ready, ensure_demo, uses_demo
+
+    if not uses_demo(preset) or demo_ready():
+        return
+    try:
+        if quiet:
+            ensure_demo()
+        else:
+            with console.status("building the demo model and data (once, nothing downloaded)..."):
+                ensure_demo()
+    except OSError as exc:
+        fail([f"demo: cannot write the demo files ({exc})"])
 
 
 def _print_launched(result: LaunchResult, as_json: bool, headline: str) -> None:
@@ -163,16 +182,6 @@ def demo(
 ) -> None:
     """Make a tiny model and chat set locally (no download) and train on them: under a minute
     on a laptop CPU."""
-    from runner.demo import ensure_demo
-
-    try:
-        if as_json:
-            ensure_demo()
-        else:
-            with console.status("building the demo model and data (once)..."):
-                ensure_demo()
-    except OSError as exc:
-        fail([f"demo: cannot write the demo files ({exc})"])
     _launch(
         "demo", name, runs_dir, overrides, force, auto_resume, as_json,
         nnodes, node_rank, master_addr, master_port,

@@ -3,6 +3,7 @@ flagged with a key to resume)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any, ClassVar
 
 from rich.text import Text
@@ -11,7 +12,9 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.message import Message
 from textual.screen import Screen
+from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Static
+from textual.worker import Worker, WorkerState
 
 from tui.widgets.format import count, duration, money, number
 from tui.widgets.gpu_pane import GpuPanel, HostLine
@@ -113,7 +116,8 @@ class HomeScreen(Screen[None]):
         Binding("p", "app.open_planner", "plan"),
         Binding("e", "app.open_presets", "presets"),
         Binding("n", "app.open_launch", "new run"),
-        Binding("enter", "watch", "watch", show=False),
+        # Before the runs table: with no runs, enter starts the demo rather than doing nothing.
+        Binding("enter", "enter", "watch", show=False, priority=True),
         Binding("r", "resume", "resume"),
         Binding("q", "app.quit", "quit"),
     ]
@@ -124,6 +128,21 @@ class HomeScreen(Screen[None]):
             self.summaries = summaries
             self.error = error
 
+    class DemoProgress(Message):
+        """What the demo's worker is doing now."""
+
+        def __init__(self, doing: str) -> None:
+            super().__init__()
+            self.doing = doing
+
+    class DemoDone(Message):
+        """The demo run started (`run_id`), or could not (`error` lines)."""
+
+        def __init__(self, run_id: str | None, error: list[str] | None) -> None:
+            super().__init__()
+            self.run_id = run_id
+            self.error = error
+
     def compose(self) -> ComposeResult:
         yield Static(id="home-title", classes="title-bar")
         yield GpuPanel(id="gpu-panel")
@@ -132,11 +151,17 @@ class HomeScreen(Screen[None]):
         table.border_title = "Runs"
         yield table
         yield Static("", id="runs-note", classes="note")
+        yield Static("", id="demo-line", classes="note")
         yield Footer()
 
     def on_mount(self) -> None:
         self._layout: tuple[Column, ...] = ()
         self._summaries: dict[str, Any] = {}
+        self._no_runs = False  # the runs folder was read and holds no run
+        self._demo_started_s: float | None = None  # monotonic; None when no demo is starting
+        self._demo_doing = ""
+        self._demo_timer: Timer | None = None
+        self.query_one("#demo-line", Static).display = False
         self._lay_out([])
         self.app.telemetry_signal.subscribe(self, self._title)  # type: ignore[attr-defined]
         tel = self.app.telemetry  # type: ignore[attr-defined]
@@ -205,7 +230,7 @@ class HomeScreen(Screen[None]):
             note.update(Text(message.error))
         elif not message.summaries:
             where = store.root if store is not None else "?"
-            note.update(Text(f"no runs yet in {where} · [n] starts one"))
+            note.update(Text(f"no runs yet in {where}"))
         else:
             interrupted = sum(1 for s in message.summaries if s.state.status == "interrupted")
             note.update(
@@ -216,6 +241,9 @@ class HomeScreen(Screen[None]):
                     else "enter watches the selected run"
                 )
             )
+        self._no_runs = not message.error and not message.summaries
+        if self._demo_started_s is None:
+            self._offer_demo(self._no_runs)
         wanted = [s.run_id for s in message.summaries]
         current = [str(k.value) for k in table.rows]
         self._summaries = {s.run_id: s for s in message.summaries}
@@ -252,6 +280,103 @@ class HomeScreen(Screen[None]):
         summary = self._selected()
         if summary is not None:
             self.app.open_monitor(summary.run_id)  # type: ignore[attr-defined]
+
+    def action_enter(self) -> None:
+        if self._selected() is not None:
+            self.action_watch()
+        elif self._no_runs and self._demo_started_s is None:
+            self._demo_started_s = time.monotonic()
+            self._demo_doing = "starting"
+            self._show_demo_progress()
+            self._demo_timer = self.set_interval(0.5, self._show_demo_progress)
+            self._start_demo()
+
+    # ------------------------------------------------------------------ the demo, on enter
+
+    def _offer_demo(self, offer: bool) -> None:
+        line = self.query_one("#demo-line", Static)
+        line.display = offer
+        if offer:
+            text = Text("press enter to try the demo", "bold")
+            text.append(
+                ": a tiny model made on this machine, trained for about a minute; no GPU and no "
+                "download needed · n starts a run of your own"
+            )
+            line.update(text)
+
+    def _show_demo_progress(self) -> None:
+        if self._demo_started_s is None:
+            return
+        elapsed_s = time.monotonic() - self._demo_started_s
+        text = Text("demo: ", "bold")
+        text.append(f"{self._demo_doing}… {elapsed_s:.0f} s")
+        line = self.query_one("#demo-line", Static)
+        line.display = True
+        line.update(text)
+
+    @work(thread=True, exclusive=True, group="demo", exit_on_error=False)
+    def _start_demo(self) -> None:
+        """Build the demo files if they are missing (in a process of its own, so the app never
+        loads torch), then launch the `demo` preset like any other run."""
+        from presets import PresetError, load_preset
+        from runner.demo import DemoError, build_demo_process, demo_ready
+        from runner.runs import RunError
+
+        store = self.app.store  # type: ignore[attr-defined]
+        if store is None:
+            self.post_message(self.DemoDone(None, ["the run store is not available"]))
+            return
+        try:
+            if not demo_ready():
+                self.post_message(self.DemoProgress("building the demo model and data (once)"))
+                build_demo_process(
+                    lambda doing: self.post_message(
+                        self.DemoProgress(f"building the demo model and data (once): {doing}")
+                    )
+                )
+            self.post_message(self.DemoProgress("checking the demo data and starting the run"))
+            result = store.launch(load_preset("demo"))
+        except (DemoError, PresetError, RunError) as exc:
+            self.post_message(self.DemoDone(None, exc.lines))
+            return
+        self.post_message(self.DemoDone(result.run_id, None))
+
+    @on(DemoProgress)
+    def _demo_progress(self, message: DemoProgress) -> None:
+        self._demo_doing = message.doing
+        self._show_demo_progress()
+
+    @on(DemoDone)
+    def _demo_done(self, message: DemoDone) -> None:
+        self._demo_stopped()
+        if message.error or message.run_id is None:
+            self._demo_failed(message.error or ["the demo did not start"])
+            return
+        self.query_one("#demo-line", Static).display = False
+        self.refresh_runs()
+        self.app.open_monitor(message.run_id)  # type: ignore[attr-defined]
+
+    @on(Worker.StateChanged)
+    def _worker_changed(self, event: Worker.StateChanged) -> None:
+        # What the worker did not expect still reaches the screen, and enter can try again.
+        if event.worker.group == "demo" and event.state == WorkerState.ERROR:
+            self._demo_stopped()
+            self._demo_failed([f"{type(event.worker.error).__name__}: {event.worker.error}"])
+
+    def _demo_stopped(self) -> None:
+        self._demo_started_s = None
+        if self._demo_timer is not None:
+            self._demo_timer.stop()
+            self._demo_timer = None
+
+    def _demo_failed(self, lines: list[str]) -> None:
+        text = Text("the demo could not start: ", "bold red")
+        text.append("\n".join(lines))
+        text.append("\npress enter to try again", "bold")
+        line = self.query_one("#demo-line", Static)
+        line.display = True
+        line.update(text)
+        self.notify("\n".join(lines), title="demo", severity="error", markup=False)
 
     def action_resume(self) -> None:
         summary = self._selected()

@@ -1,4 +1,5 @@
-"""Short text for numbers: GiB, durations, money, bars. Pure functions, no Textual."""
+"""Short text for numbers and paths: GiB, durations, money, bars, preset paths. Pure functions,
+no Textual."""
 
 from __future__ import annotations
 
@@ -104,3 +105,17 @@ def fit_variants(
             break
         chosen[max(movable, key=lambda k: (rank(k), k))] += 1
     return [v[i] if i < len(v) else None for (_, v), i in zip(parts, chosen, strict=True)]
+
+
+def shown_path(value: str) -> str:
+    """A preset's model or data path as a person reads it: `{data_dir}` and `~` expanded, then
+    the home folder written as `~`. Hub ids pass through unchanged."""
+    from pathlib import Path
+
+    from presets.locations import expand
+
+    expanded = expand(value)
+    home = str(Path.home())
+    if expanded == home or expanded.startswith(home.rstrip("/") + "/"):
+        return "~" + expanded[len(home.rstrip("/")) :]
+    return expanded
