@@ -86,6 +86,12 @@ async def test_a_demo_that_cannot_be_built_says_why(
         assert "Not a directory" in demo_line(app)
         assert "press enter to try again" in demo_line(app)
         assert not isinstance(app.screen, MonitorScreen)
+        # The runs list's next refresh (every 2 s) leaves the reason on screen.
+        home = app.screen
+        home.post_message(home.RunsLoaded([], None))
+        await pilot.pause()
+        await pilot.pause()
+        assert "cannot write the demo files" in demo_line(app)
 
 
 @pytest.mark.asyncio

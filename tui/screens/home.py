@@ -161,6 +161,7 @@ class HomeScreen(Screen[None]):
         self._demo_started_s: float | None = None  # monotonic; None when no demo is starting
         self._demo_doing = ""
         self._demo_timer: Timer | None = None
+        self._demo_error: list[str] | None = None  # why the last try failed, while shown
         self.query_one("#demo-line", Static).display = False
         self._lay_out([])
         self.app.telemetry_signal.subscribe(self, self._title)  # type: ignore[attr-defined]
@@ -242,7 +243,9 @@ class HomeScreen(Screen[None]):
                 )
             )
         self._no_runs = not message.error and not message.summaries
-        if self._demo_started_s is None:
+        if self._demo_started_s is None and (self._demo_error is None or not self._no_runs):
+            # A failure stays on screen until enter tries again (or a run shows up).
+            self._demo_error = None
             self._offer_demo(self._no_runs)
         wanted = [s.run_id for s in message.summaries]
         current = [str(k.value) for k in table.rows]
@@ -286,6 +289,7 @@ class HomeScreen(Screen[None]):
             self.action_watch()
         elif self._no_runs and self._demo_started_s is None:
             self._demo_started_s = time.monotonic()
+            self._demo_error = None
             self._demo_doing = "starting"
             self._show_demo_progress()
             self._demo_timer = self.set_interval(0.5, self._show_demo_progress)
@@ -370,6 +374,7 @@ class HomeScreen(Screen[None]):
             self._demo_timer = None
 
     def _demo_failed(self, lines: list[str]) -> None:
+        self._demo_error = lines
         text = Text("the demo could not start: ", "bold red")
         text.append("\n".join(lines))
         text.append("\npress enter to try again", "bold")
