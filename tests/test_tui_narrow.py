@@ -42,7 +42,7 @@ def long_runs(root: Path) -> None:
             ended_at="2026-12-01T12:05:00+00:00",
             step=3,
             max_steps=6000,
-            failure_reason="CUDA out of memory: try per_device_train_batch_size=1",
+            failure_reason="CUDA out of memory: [bold]try[/] per_device_train_batch_size=1",
         ),
         RunState(
             run_id=LONG_IDS[2],
@@ -92,6 +92,7 @@ def test_runs_command_keeps_ids_whole(tmp_path: Path, columns: str | None) -> No
     assert_ids_whole(text, int(columns or 80))
     assert "interrupted" in text and "900/3000" in text
     assert "failed: CUDA" in text
+    assert "[bold]try[/]" in " ".join(text.split())  # the reason as written, never markup
     if columns == "100":
         assert "cost" in text and "$4.04" in text  # room for everything
 

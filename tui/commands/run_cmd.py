@@ -258,7 +258,7 @@ def runs_table(summaries: list[RunSummary], width: int) -> RenderableType:
     for column in columns:
         table.add_column(column, no_wrap=column != "status", overflow="fold")
     for row in rows:
-        table.add_row(*(row[c] for c in columns))
+        table.add_row(*(Text(row[c]) for c in columns))  # a failure reason is not markup
     return table
 
 
