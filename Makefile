@@ -2,18 +2,18 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# The CPU wheel of torch on machines without a GPU; on a GPU box pip resolves the CUDA build.
+# torch without an NVIDIA driver. With one, tools/setup_torch.py takes the system's working torch
+# or the wheel index matching the driver (TORCH_INDEX=cu124, cpu or a URL forces an index).
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
 
 .PHONY: run test check lint format bench clean
 
-$(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
-
-$(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -e ".[train,dev]"
+$(STAMP): pyproject.toml tools/setup_torch.py
+	$(PYTHON) tools/setup_torch.py --venv $(VENV) --cpu-spec "$(TORCH_SPEC)" --index "$(TORCH_INDEX)"
+	$(BIN)/pip install --quiet -e ".[train,dev]" -c $(VENV)/torch-constraint.txt
+	@$(BIN)/python tools/link_command.py $(BIN)/tunedeck
 	touch $(STAMP)
 
 run: $(STAMP)

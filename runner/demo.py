@@ -8,20 +8,32 @@
 - `prefs.jsonl`     preference pairs (`prompt`, `chosen`, `rejected`) for DPO.
 
 Everything is seeded, so two builds give byte-identical files. The folder is built next to its
-final place and renamed into it, so a half-built demo is never used. torch, tokenizers and
-transformers are imported only while building.
+final place and renamed into it, so a half-built demo is never used; a lock lets two builders
+(the app and a command at once) take turns. torch, tokenizers and transformers are imported only
+while building: the app builds through `build_demo_process`, in a process of its own, so it
+never loads them.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
 import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from presets import locations
+
+if TYPE_CHECKING:
+    from presets.schema import Preset
+
+Progress = Callable[[str], None]
 
 # Bump when the generated files change, so an old demo folder is rebuilt.
 DEMO_VERSION = "2"
@@ -142,12 +154,20 @@ def _texts(rows: dict[str, list[dict[str, Any]]]) -> list[str]:
     return out
 
 
-def build_model(folder: Path, texts: list[str], vocab_size: int = 512) -> None:
+def _quiet(_: str) -> None:
+    return None
+
+
+def build_model(
+    folder: Path, texts: list[str], vocab_size: int = 512, progress: Progress = _quiet
+) -> None:
     """Train the tokenizer on `texts` and save it with a randomly initialised tiny Llama."""
+    progress("loading torch and transformers")
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+    progress("training the tokenizer")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -181,6 +201,7 @@ def build_model(folder: Path, texts: list[str], vocab_size: int = 512) -> None:
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
     )
+    progress("making the model")
     # Seeded on a private generator state so the weights are the same on every build.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
@@ -190,21 +211,54 @@ def build_model(folder: Path, texts: list[str], vocab_size: int = 512) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def ensure_demo(rebuild: bool = False) -> Path:
-    """Build the demo files unless an up-to-date build is there; returns the demo folder."""
+def demo_ready() -> bool:
+    """Whether an up-to-date demo build is in place."""
+    stamp = demo_dir() / STAMP
+    try:
+        return stamp.read_text().strip() == DEMO_VERSION
+    except OSError:
+        return False
+
+
+def uses_demo(preset: Preset) -> bool:
+    """Whether the preset trains on the demo files (the `demo` preset, or one made from it)."""
     target = demo_dir()
-    stamp = target / STAMP
-    if not rebuild and stamp.is_file() and stamp.read_text().strip() == DEMO_VERSION:
+    paths = [preset.model, preset.dataset.path, preset.dataset.eval_path]
+    return any(p and Path(locations.expand(p)).is_relative_to(target) for p in paths)
+
+
+@contextmanager
+def _build_lock(parent: Path) -> Iterator[None]:
+    with (parent / ".demo-build.lock").open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
+def ensure_demo(rebuild: bool = False, progress: Progress = _quiet) -> Path:
+    """Build the demo files unless an up-to-date build is there; returns the demo folder.
+    `progress` hears what is being done, a few words at a time."""
+    target = demo_dir()
+    if not rebuild and demo_ready():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    with _build_lock(target.parent):
+        if not rebuild and demo_ready():  # built by whoever held the lock before
+            return target
+        _build(target, progress)
+    return target
+
+
+def _build(target: Path, progress: Progress) -> None:
     staging = target.parent / f".demo-build-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
+        progress("writing the chat and preference sets")
         rows = demo_rows()
         for name, data in rows.items():
             _write_jsonl(staging / f"{name}.jsonl", data)
-        build_model(staging / "model", _texts(rows))
+        build_model(staging / "model", _texts(rows), progress=progress)
+        progress("saving")
         (staging / STAMP).write_text(DEMO_VERSION + "\n")
         if target.exists():
             old = target.parent / f".demo-old-{os.getpid()}"
@@ -213,4 +267,76 @@ def ensure_demo(rebuild: bool = False) -> Path:
         staging.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return target
+
+
+# ---------------------------------------------------------------- building in a process of its own
+
+PROGRESS_PREFIX = "progress: "
+READY_PREFIX = "ready: "
+BUILD_TIMEOUT_S = 900.0
+
+
+class DemoError(Exception):
+    """The demo could not be built; `lines` say why, one problem each."""
+
+    def __init__(self, lines: list[str]):
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+def build_demo_process(progress: Progress = _quiet, timeout_s: float = BUILD_TIMEOUT_S) -> Path:
+    """`ensure_demo()` in a child Python (`python -m runner.demo`), reporting its progress; the
+    caller never imports torch. Raises DemoError with the child's own error lines."""
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "runner.demo"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+    except OSError as exc:
+        raise DemoError([f"demo: cannot start {sys.executable} ({exc.strerror})"]) from None
+    assert proc.stdout is not None and proc.stderr is not None
+    # stderr is read whole at the end; the child writes little there (warnings, an error).
+    ready: str | None = None
+    for line in proc.stdout:
+        line = line.rstrip("\n")
+        if line.startswith(PROGRESS_PREFIX):
+            progress(line[len(PROGRESS_PREFIX) :])
+        elif line.startswith(READY_PREFIX):
+            ready = line[len(READY_PREFIX) :]
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise DemoError([f"demo: the build took over {timeout_s:.0f} s and was stopped"]) from None
+    errors = proc.stderr.read().strip().splitlines()
+    if proc.returncode != 0 or ready is None:
+        told = [e.removeprefix("error: ") for e in errors if e.startswith("error: ")]
+        tail = told or errors[-3:] or [f"exit code {proc.returncode}"]
+        raise DemoError([f"demo: building the model and data failed: {tail[0]}", *tail[1:]])
+    return Path(ready)
+
+
+def main() -> int:
+    """`python -m runner.demo`: build the demo, printing progress lines and the folder."""
+    try:
+        folder = ensure_demo(progress=lambda text: print(PROGRESS_PREFIX + text, flush=True))
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"error: cannot write the demo files:{where} {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(READY_PREFIX + str(folder), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

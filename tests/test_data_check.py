@@ -335,3 +335,33 @@ def test_missing_eval_path_and_distinct_short_answers(tmp_path: Path) -> None:
     report = check_dataset(str(path), eval_path=str(tmp_path / "nope.jsonl"))
     assert "eval data: " in report.errors[0] and "no such file or folder" in report.errors[0]
     assert "labels" not in report.stats  # 30 different short answers are not class labels
+
+
+def test_row_counts_read_unambiguously(tmp_path: Path) -> None:
+    # 51 rows in the file, 4 of them unusable: no line may read as if the file had 47 rows.
+    rows: list[object] = unique_rows(51)
+    for i in (3, 10, 20, 30):
+        rows[i] = {"instruction": f"x{i}", "output": ""}  # not a chat row: unusable
+    path = write_jsonl(tmp_path / "train.jsonl", rows)
+    report = check_dataset(str(path), eval_fraction=0.1)
+    assert (report.rows, report.bad_rows) == (47, 4)
+    wanted = "51 rows: 47 usable, 4 unusable"
+    assert report.rows_text() == wanted
+    assert wanted in report.summary_lines()[0]
+
+    result = runner.invoke(app, ["data", "check", str(path)], env={"COLUMNS": "120"})
+    assert result.exit_code == 1, result.output
+    assert wanted in result.output
+    assert "(4 unusable)" not in result.output
+
+    from rich.text import Text
+
+    from presets import load_preset
+    from runner.launch import Preflight
+    from tui.screens.launch import preflight_text
+
+    shown: Text = preflight_text(load_preset("demo"), Preflight(data=report))
+    assert wanted in shown.plain
+
+    clean = check_dataset(str(write_jsonl(tmp_path / "clean.jsonl", unique_rows(51))))
+    assert clean.rows_text() == "51 rows"

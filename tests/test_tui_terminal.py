@@ -1,15 +1,18 @@
 """The app in a real terminal (tmux) over a real demo run: the monitor shows the newest loss
-within 2 s of it reaching metrics.jsonl, and q leaves the training running."""
+within 2 s of it reaching metrics.jsonl, and q leaves the training running. And a new user's
+first minute: a fresh home, the app opened, enter, and the demo training in the monitor."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -31,11 +34,12 @@ def _has_demo_command() -> bool:
 
 
 class Tmux:
-    """One private tmux server (its own socket), one 100x30 window."""
+    """One private tmux server (its own socket), one window (100x30 unless told)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, width: int = 100, height: int = 30) -> None:
         self.socket = f"tunedeck-test-{os.getpid()}-{name}"
         self.session = name
+        self.width, self.height = width, height
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         assert TMUX is not None
@@ -46,7 +50,7 @@ class Tmux:
     def start(self, command: str, env: dict[str, str]) -> None:
         exports = " ".join(f"{k}={v}" for k, v in env.items())
         out = self.run(
-            "new-session", "-d", "-s", self.session, "-x", "100", "-y", "30",
+            "new-session", "-d", "-s", self.session, "-x", str(self.width), "-y", str(self.height),
             f"env {exports} {command}",
         )  # fmt: skip
         assert out.returncode == 0, out.stderr
@@ -140,3 +144,49 @@ def test_monitor_in_a_real_terminal_follows_a_real_run(tmp_path: Path, demo_home
         summary = store.get(run_id)
         if summary.state.status in ("running", "stopping"):
             store.stop(run_id, now=True)
+
+
+FIRST_RUN_S = 300  # building the demo and starting its training, on a loaded box
+
+
+def poll_screen(tmux: Tmux, found: Any, timeout_s: float, what: str) -> str:
+    """The screen once `found(screen)` holds; fails with the screen after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        screen = tmux.screen()
+        if found(screen):
+            return screen
+        assert tmux.alive(), f"the app exited while waiting for {what}"
+        assert time.monotonic() < deadline, f"no {what} after {timeout_s} s:\n{screen}"
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("size", [(100, 30), (80, 24)])
+def test_first_minute_enter_starts_the_demo_and_shows_it(
+    tmp_path: Path, size: tuple[int, int]
+) -> None:
+    home = tmp_path / "fresh-home"  # nothing in it: no runs, no demo files
+    tmux = Tmux(f"first-{size[0]}", *size)
+    try:
+        env = {
+            "TUNEDECK_HOME": str(home),
+            "TERM": "xterm-256color",
+            "PATH": os.environ.get("PATH", ""),
+        }
+        tmux.start(f"{sys.executable} -m tui.cli", env)
+        poll_screen(tmux, lambda s: "press enter to try the demo" in s, 60, "offer of the demo")
+        tmux.run("send-keys", "-t", tmux.session, "Enter")
+        # The monitor of the demo run, training: its step counter past 0 or a loss on screen.
+        trained = re.compile(r"step [1-9][0-9]*/80|loss [0-9]")
+        screen = poll_screen(
+            tmux, lambda s: "demo-" in s and trained.search(s), FIRST_RUN_S, "demo training"
+        )
+        assert "could not start" not in screen
+        (run_dir,) = (home / "runs").iterdir()
+        assert run_dir.name in screen
+    finally:
+        tmux.kill()
+        store = RunStore(home / "runs")
+        for summary in store.list():
+            if summary.state.status in ("running", "stopping"):
+                store.stop(summary.run_id, now=True)

@@ -4,7 +4,7 @@
 `check_dataset` streams a file or folder and reports errors and warnings with file and line.
 """
 
-from runner.data.check import CheckReport, check_dataset
+from runner.data.check import CheckReport, check_dataset, rows_text
 from runner.data.errors import DataError
 from runner.data.formats import FORMATS, detect_format
 from runner.data.load import load_training_data
@@ -16,4 +16,5 @@ __all__ = [
     "check_dataset",
     "detect_format",
     "load_training_data",
+    "rows_text",
 ]

@@ -85,11 +85,15 @@ class CheckReport:
             "elapsed_s": round(self.elapsed_s, 3),
         }
 
+    def rows_text(self) -> str:
+        """The rows read, usable and not, in words that cannot be misread."""
+        return rows_text(self.rows, self.bad_rows)
+
     def summary_lines(self) -> list[str]:
         """A few lines for a pre-launch screen: the verdict, the size, the lengths, the problems."""
         lines = [
-            f"data {self.path}: {self.verdict} - {self.rows:,} {_plural('row', self.rows)} "
-            f"({self.format}, {self.trainer}), {len(self.errors)} "
+            f"data {self.path}: {self.verdict} · {self.rows_text()} · "
+            f"{self.format}, {self.trainer} · {len(self.errors)} "
             f"{_plural('error', len(self.errors))}, {len(self.warnings)} "
             f"{_plural('warning', len(self.warnings))}"
         ]
@@ -102,6 +106,16 @@ class CheckReport:
         lines += [f"error: {e}" for e in self.errors[:5]]
         lines += [f"warning: {w}" for w in self.warnings[:5]]
         return lines
+
+
+def rows_text(usable_rows: int, unusable_rows: int) -> str:
+    """`51 rows: 47 usable, 4 unusable`, or `51 rows` when every row can be used. The total
+    comes first: a bare `47 (4 unusable)` reads as if the file had 47 rows."""
+    total = usable_rows + unusable_rows
+    head = f"{total:,} {_plural('row', total)}"
+    if not unusable_rows:
+        return head
+    return f"{head}: {usable_rows:,} usable, {unusable_rows:,} unusable"
 
 
 def check_dataset(

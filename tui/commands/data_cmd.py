@@ -92,14 +92,17 @@ def _stat(values: dict[str, Any] | None, unit: str = "") -> str:
 
 
 def _print_report(data: dict[str, Any]) -> None:
+    from runner.data import rows_text
+
     stats = data["stats"]
     table = Table(show_header=False, expand=False, title=Text(data["path"]), title_justify="left")
     table.add_column("", style="bold")
     table.add_column("", no_wrap=False)
-    bad = f" ({data['bad_rows']:,} unusable)" if data["bad_rows"] else ""
+    table.add_row("rows", rows_text(data["rows"], data["bad_rows"]))
+    files = data["files"]
     table.add_row(
-        "rows",
-        f"{data['rows']:,}{bad} in {data['files']} file(s), {data['size_bytes'] / 1e6:,.1f} MB",
+        "files",
+        f"{files:,} {'file' if files == 1 else 'files'}, {data['size_bytes'] / 1e6:,.1f} MB",
     )
     table.add_row("format", f"{data['format']} for {data['trainer']}")
     if "eval_rows" in stats:

@@ -33,6 +33,7 @@ def presets_list(
     if ctx.invoked_subcommand is not None:
         return
     from presets import list_presets
+    from tui.widgets.format import shown_path
 
     entries = list_presets()
     if as_json:
@@ -58,7 +59,8 @@ def presets_list(
         return
     wide = console.width >= 120
     table = Table(title="presets", title_justify="left", expand=wide, box=None, pad_edge=False)
-    table.add_column("name", no_wrap=True, style="bold")
+    names_w = max((len(e.name) + (7 if e.source == "user" else 0) for e in entries), default=4)
+    table.add_column("name", no_wrap=True, style="bold", min_width=names_w)  # never cut
     table.add_column("run", no_wrap=True)
     table.add_column("model", no_wrap=True, overflow="ellipsis")
     if wide:
@@ -71,7 +73,7 @@ def presets_list(
             continue
         p = e.preset
         gpus = f" {p.launch.num_gpus}x {p.launch.strategy}" if p.launch.num_gpus > 1 else ""
-        row = [p.name + user, f"{p.trainer} {p.method}{gpus}", p.model]
+        row = [p.name + user, f"{p.trainer} {p.method}{gpus}", shown_path(p.model)]
         table.add_row(*row, *([p.description] if wide else []))
     console.print(table)
 

@@ -7,6 +7,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from textwrap import shorten
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -16,6 +17,9 @@ from rich.text import Text
 from tui.commands.common import EXIT_FAILED, console, err_console, fail, print_json
 
 if TYPE_CHECKING:
+    from rich.console import RenderableType
+
+    from presets.schema import Preset
     from runner.launch import LaunchResult
     from runner.runs import RunStore, RunSummary
 
@@ -72,6 +76,7 @@ def _launch(
         preset = load_preset(preset_name, overrides or [])
     except PresetError as exc:
         fail(exc.lines)
+    _ensure_demo_files(preset, as_json)
     dist = Distributed(
         nnodes=nnodes or preset.launch.nnodes,
         node_rank=node_rank,
@@ -87,16 +92,33 @@ def _launch(
                 result = launch(root, preset, name, force, auto_resume or None, dist)
     except RunError as exc:
         fail(exc.lines)
-    _print_launched(result, as_json, "started")
+    _print_launched(result, as_json, f"started {result.run_id}")
 
 
-def _print_launched(result: LaunchResult, as_json: bool, verb: str) -> None:
+def _ensure_demo_files(preset: Preset, quiet: bool) -> None:
+    """Make the demo model and data when the preset trains on them and they are missing: they
+    are built here, with no download, so there is nothing to refuse."""
+    from runner.demo import demo_ready, ensure_demo, uses_demo
+
+    if not uses_demo(preset) or demo_ready():
+        return
+    try:
+        if quiet:
+            ensure_demo()
+        else:
+            with console.status("building the demo model and data (once, nothing downloaded)..."):
+                ensure_demo()
+    except OSError as exc:
+        fail([f"demo: cannot write the demo files ({exc})"])
+
+
+def _print_launched(result: LaunchResult, as_json: bool, headline: str) -> None:
     if as_json:
         print_json(result.to_json())
         return
     for line in result.warnings:
-        err_console.print(f"[yellow]warning:[/] {line}", markup=True, soft_wrap=True)
-    console.print(f"{verb} {result.run_id}  (pid {result.pid})")
+        err_console.print("[yellow]warning:[/] ", Text(line), sep="", markup=True, soft_wrap=True)
+    console.print(f"{headline}  (pid {result.pid})", markup=False)
     console.print(f"folder  {result.run_dir}")
     console.print(f"follow  tunedeck watch {result.run_id}  (or: tunedeck logs {result.run_id} -f)")
     console.print(f"stop    tunedeck stop {result.run_id}")
@@ -176,16 +198,6 @@ def demo(
 ) -> None:
     """Make a tiny model and chat set locally (no download) and train on them: under a minute
     on a laptop CPU."""
-    from runner.demo import ensure_demo
-
-    try:
-        if as_json:
-            ensure_demo()
-        else:
-            with console.status("building the demo model and data (once)..."):
-                ensure_demo()
-    except OSError as exc:
-        fail([f"demo: cannot write the demo files ({exc})"])
     _launch(
         "demo", name, runs_dir, overrides, force, auto_resume, as_json,
         nnodes, node_rank, master_addr, master_port,
@@ -195,15 +207,22 @@ def demo(
 # ---------------------------------------------------------------- runs / logs
 
 
-def _row(s: RunSummary) -> list[str]:
+RUNS_COLUMNS = ("run", "status", "step", "loss", "elapsed", "ETA", "cost")
+# On a narrow terminal these columns go first, in this order: the run id is never cut or wrapped
+# (two runs of one preset differ only in their last characters).
+RUNS_DROP_ORDER = ("elapsed", "cost", "ETA", "loss")
+COLUMN_GAP = 2  # the table's padding: one space each side of a column, none at the edges
+
+
+def _row(s: RunSummary) -> dict[str, str]:
     st = s.state
     step = f"{st.step}/{st.max_steps}" if st.max_steps else str(st.step)
     status: str = st.status
     if status == "interrupted" and st.stopped_by_user:
         status = "interrupted (stopped)"
     elif status == "failed" and st.failure_reason:
-        status = f"failed: {st.failure_reason[:40]}"
-    return [
+        status = f"failed: {shorten(st.failure_reason, 40, placeholder='…')}"
+    cells = (
         s.run_id,
         status,
         step,
@@ -211,7 +230,52 @@ def _row(s: RunSummary) -> list[str]:
         _duration(s.elapsed_s),
         _duration(s.eta_s),
         f"${s.cost_usd:.2f}" if s.cost_usd is not None else "-",
-    ]
+    )
+    return dict(zip(RUNS_COLUMNS, cells, strict=True))
+
+
+def runs_columns(rows: list[dict[str, str]], width: int) -> list[str] | None:
+    """The columns that fit `width` with every cell whole (the status may wrap between words);
+    None when not even the run id, status and step fit side by side."""
+    from rich.cells import cell_len
+
+    def needed(column: str) -> int:
+        cells = [row[column] for row in rows]
+        if column == "status":  # wraps between words
+            cells = [word for cell in cells for word in cell.split()]
+        return max(cell_len(text) for text in [column, *cells])
+
+    columns = list(RUNS_COLUMNS)
+    drops = iter(RUNS_DROP_ORDER)
+    while sum(needed(c) for c in columns) + COLUMN_GAP * (len(columns) - 1) > width:
+        dropped = next(drops, None)
+        if dropped is None:
+            return None
+        columns.remove(dropped)
+    return columns
+
+
+def runs_table(summaries: list[RunSummary], width: int) -> RenderableType:
+    """The runs as a table that fits `width`, or, narrower than the essentials, one block a run
+    (its id on a line of its own)."""
+    rows = [_row(s) for s in summaries]
+    columns = runs_columns(rows, width)
+    if columns is None:
+        from rich.console import Group
+        from rich.padding import Padding
+
+        blocks: list[RenderableType] = []
+        for row in rows:
+            rest = (f"{c} {row[c]}" for c in RUNS_COLUMNS[2:] if row[c] != "-")
+            blocks.append(Text(row["run"], style="bold"))
+            blocks.append(Padding(Text(" · ".join([row["status"], *rest])), (0, 0, 0, 2)))
+        return Group(*blocks)
+    table = Table(box=None, pad_edge=False)
+    for column in columns:
+        table.add_column(column, no_wrap=column != "status", overflow="fold")
+    for row in rows:
+        table.add_row(*(Text(row[c]) for c in columns))  # a failure reason is not markup
+    return table
 
 
 def runs(runs_dir: RunsDirOption = None, as_json: JsonOption = False) -> None:
@@ -222,14 +286,9 @@ def runs(runs_dir: RunsDirOption = None, as_json: JsonOption = False) -> None:
         print_json({"runs_dir": str(store.root), "runs": [s.to_json() for s in summaries]})
         return
     if not summaries:
-        console.print(f"no runs under {store.root}; start one with `tunedeck demo`")
+        console.print(f"no runs under {store.root}; start one with `tunedeck demo`", markup=False)
         return
-    table = Table(box=None, pad_edge=False)
-    for col in ("run", "status", "step", "loss", "elapsed", "ETA", "cost"):
-        table.add_column(col, overflow="fold")
-    for s in summaries:
-        table.add_row(*_row(s))
-    console.print(table)
+    console.print(runs_table(summaries, console.width), crop=False)
 
 
 def logs(
@@ -305,20 +364,10 @@ def stop(
     for line in warnings:
         err_console.print(Text.assemble(("warning: ", "yellow"), line), soft_wrap=True)
     if now:
-        from runner import checkpoints as ckpt
-        from runner.runs import CHECKPOINTS_DIR
+        from tui.run_messages import killed_text, newest_complete_checkpoint
 
-        latest = ckpt.latest_complete(run_dir / CHECKPOINTS_DIR)
-        console.print(
-            Text(
-                f"killed {before.run_id}; "
-                + (
-                    f"resume continues from checkpoint-{latest.step}"
-                    if latest
-                    else "no checkpoint was written yet: a resume starts from step 0"
-                )
-            )
-        )
+        start = newest_complete_checkpoint(run_dir)
+        console.print(killed_text(before.run_id, before.state.step, start), soft_wrap=True)
         return
     if no_wait:
         console.print(Text(f"asked {before.run_id} to stop (checkpoint first)"))
@@ -355,16 +404,18 @@ def resume(
 ) -> None:
     """Continue an interrupted run from its newest complete checkpoint, detached."""
     from runner.runs import RunError
+    from tui.run_messages import newest_complete_checkpoint, resumed_text
 
     store = _store(runs_dir)
     if all_interrupted == (run_id is not None):
         fail(["give a run id or --all-interrupted (one of them)"])
     if run_id is not None:
         try:
+            start = newest_complete_checkpoint(store.resolve(run_id))
             result = store.resume(run_id)
         except RunError as exc:
             fail(exc.lines)
-        _print_launched(result, as_json, "resumed")
+        _print_launched(result, as_json, resumed_text(result.run_id, start))
         return
     from runner.runs import STOP_REQUEST_FILE
 
@@ -375,14 +426,15 @@ def resume(
         if (s.run_dir / STOP_REQUEST_FILE).exists():
             continue  # stopped by the user before the run could record it
         try:
-            results.append(store.resume(s.run_id))
+            start = newest_complete_checkpoint(s.run_dir)
+            results.append((store.resume(s.run_id), start))
         except RunError as exc:
             problems += [f"{s.run_id}: {line}" for line in exc.lines]
     if as_json:
-        print_json({"resumed": [r.to_json() for r in results], "problems": problems})
+        print_json({"resumed": [r.to_json() for r, _ in results], "problems": problems})
     else:
-        for r in results:
-            console.print(f"resumed {r.run_id} (pid {r.pid})")
+        for r, start in results:
+            console.print(f"{resumed_text(r.run_id, start)} (pid {r.pid})", markup=False)
         if not results:
             console.print("no interrupted runs to resume")
         for line in problems:

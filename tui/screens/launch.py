@@ -18,12 +18,14 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, OptionList, Static
 from textual.widgets.option_list import Option
 
+from tui.widgets.format import shown_path
+
 
 def preflight_text(preset: Any, pf: Any) -> Text:
     """The preflight as words: problems refuse the launch, warnings do not."""
     out = Text()
     out.append(f"{preset.name}", "bold")
-    out.append(f"  {preset.trainer} · {preset.method} · {preset.model}\n")
+    out.append(f"  {preset.trainer} · {preset.method} · {shown_path(preset.model)}\n")
     steps = preset.training.get("max_steps")
     epochs = preset.training.get("num_train_epochs")
     length = f"{steps} steps" if steps else f"{epochs or 1} epoch(s)"
@@ -44,7 +46,7 @@ def preflight_text(preset: Any, pf: Any) -> Text:
     else:
         verdict_style = {"ok": "green", "warnings": "yellow", "errors": "bold red"}
         out.append(f"{data.verdict}", verdict_style.get(data.verdict, ""))
-        out.append(f" · {data.rows:,} rows · {data.format}\n")
+        out.append(f" · {data.rows_text()} · {data.format}\n")
         for line in data.summary_lines()[:6]:
             out.append(f"      {line}\n", "dim")
     if pf.problems:
@@ -80,6 +82,14 @@ class LaunchScreen(Screen[None]):
         def __init__(self, entries: list[Any]) -> None:
             super().__init__()
             self.entries = entries
+
+    class Progress(Message):
+        """What the preflight is doing for `preset` (building the demo files, say)."""
+
+        def __init__(self, preset: Any, doing: str) -> None:
+            super().__init__()
+            self.preset = preset
+            self.doing = doing
 
     class Checked(Message):
         def __init__(self, preset: Any, preflight: Any) -> None:
@@ -161,10 +171,29 @@ class LaunchScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, group="preflight", exit_on_error=False)
     def _run_preflight(self, preset: Any) -> None:
+        from runner.demo import DemoError, build_demo_process, demo_ready, uses_demo
+        from runner.launch import Preflight
+
         store = self.app.store  # type: ignore[attr-defined]
         if store is None:
             return
+        if uses_demo(preset) and not demo_ready():
+            # The demo's files are made here, with no download: build them rather than refuse.
+            doing = "building the demo model and data (once, nothing downloaded)"
+            self.post_message(self.Progress(preset, doing))
+            try:
+                build_demo_process(
+                    lambda step: self.post_message(self.Progress(preset, f"{doing}: {step}"))
+                )
+            except DemoError as exc:
+                self.post_message(self.Checked(preset, Preflight(problems=exc.lines)))
+                return
         self.post_message(self.Checked(preset, store.preflight(preset)))
+
+    @on(Progress)
+    def _progress(self, message: Progress) -> None:
+        if self.preset is not None and message.preset.name == self.preset.name:
+            self.query_one("#launch-preflight", Static).update(Text(f"{message.doing}…", "dim"))
 
     @on(Checked)
     def _checked(self, message: Checked) -> None:
@@ -220,8 +249,8 @@ class LaunchScreen(Screen[None]):
             return
         result = message.result
         for warning in result.warnings:
-            self.notify(warning, severity="warning")
-        self.notify(f"launched {result.run_id}")
+            self.notify(warning, severity="warning", markup=False)
+        self.notify(f"launched {result.run_id}", markup=False)
         self.app.pop_screen()
         self.app.open_monitor(result.run_id)  # type: ignore[attr-defined]
 

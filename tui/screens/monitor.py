@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from rich.cells import cell_len
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -20,7 +21,7 @@ from textual.widgets import Footer, Input, Static
 
 from tui.screens.confirm import ConfirmScreen
 from tui.widgets.charts import LossChart, gpu_history_text
-from tui.widgets.format import bar, count, duration, money, number
+from tui.widgets.format import bar, count, duration, fit_variants, money, number
 from tui.widgets.log_file import LogLine
 from tui.widgets.log_pane import PAGE_LOAD_LINES, LogPane
 from tui.widgets.metrics_model import RunMetrics
@@ -39,35 +40,59 @@ STATUS_STYLE = {
 }
 
 
+BAR_MIN_W = 5
+BAR_MAX_W = 30
+
+
 def header_text(summary: Any, width: int) -> Text:
-    """`run-id  running  step 1840/6000 ███▏░░ 31 %  ETA 2h31m  $4.12 of ~$13.20`."""
+    """`run-id  running  step 1,840/6,000 ███▏░░ 31 %  ETA 2h31m  $4.12 of ~$13.20`, fitted to
+    `width` cells: the bar shrinks, then the hints, cost, ETA and percent give way whole; the
+    id, the status and the step stay. A failure's reason is shown under the header."""
     state = summary.state
-    out = Text(no_wrap=True, overflow="ellipsis")
-    out.append(summary.run_id + "  ", "bold")
-    out.append(state.status, STATUS_STYLE.get(state.status, ""))
-    if state.status == "interrupted":
-        out.append(" ([r] resumes)", "yellow")
-    if state.status == "failed" and state.failure_reason:
-        out.append(f" ({state.failure_reason})", "red")
     total = state.max_steps
-    out.append(f"  step {count(state.step)}/{count(total) if total else '?'} ")
     fraction = state.step / total if total else None
-    tail = ""
-    if fraction is not None:
-        tail += f" {fraction * 100:.0f} %"
-    if summary.eta_s is not None:
-        tail += f"  ETA {duration(summary.eta_s)}"
-    if summary.cost_usd is not None:
-        tail += f"  {money(summary.cost_usd)}"
-        if summary.projected_cost_usd is not None and state.status in ("running", "stopping"):
-            tail += f" of ~{money(summary.projected_cost_usd)}"
+    # (rank, variants from longest to shortest) in display order; higher ranks give way first.
+    parts: list[tuple[int | tuple[int, ...], list[str]]] = [
+        (0, [summary.run_id]),
+        (0, [state.status]),
+        (6, ["([r] resumes)"] if state.status == "interrupted" else []),
+        (1, [f"step {count(state.step)}/{count(total) if total else '?'}"]),
+        (2, [f"{fraction * 100:.0f} %"] if fraction is not None else []),
+        (2, [f"ETA {duration(summary.eta_s)}"] if summary.eta_s is not None else []),
+    ]
+    if summary.cost_usd is None:
+        parts.append((5, ["$ ? (no price_usd_per_h)", "$ ?"]))
+    elif summary.projected_cost_usd is not None and state.status in ("running", "stopping"):
+        cost = money(summary.cost_usd)
+        parts.append((3, [f"{cost} of ~{money(summary.projected_cost_usd)}", cost]))
     else:
-        tail += "  $ ? (no price_usd_per_h)"
-    used = len(out) + len(tail)
-    bar_w = max(5, min(30, width - used - 2))
-    out.append(bar(fraction, bar_w), "green")
-    out.append(tail)
+        parts.append((3, [money(summary.cost_usd)]))
+    chosen = fit_variants(parts, width)
+    line_w = sum(cell_len(t) + 2 for t in chosen if t is not None) - 2
+    bar_w = min(BAR_MAX_W, width - line_w - 1) if fraction is not None else 0
+
+    styles = ["bold", STATUS_STYLE.get(state.status, ""), "yellow"]
+    out = Text(no_wrap=True, overflow="ellipsis")
+    gap = ""
+    for k, text in enumerate(chosen):
+        if text is None:
+            continue
+        out.append(gap)
+        out.append(text, styles[k] if k < len(styles) else "")
+        gap = "  "
+        if k == 3 and bar_w >= BAR_MIN_W:  # the bar between the step and its percent
+            out.append(" ")
+            out.append(bar(fraction, bar_w), "green")
+            gap = " "
     return out
+
+
+def failure_text(summary: Any) -> Text | None:
+    """A failed run's reason, in full, for the line under the header."""
+    state = summary.state
+    if state.status != "failed" or not state.failure_reason:
+        return None
+    return Text(f"failed: {state.failure_reason}", "bold red")
 
 
 def stats_text(metrics: RunMetrics, summary: Any | None) -> Text:
@@ -207,10 +232,14 @@ class MonitorScreen(Screen[None]):
         if self.summary is not None:
             header.update(header_text(self.summary, header.size.width or 100))
         self.query_one("#monitor-stats", Static).update(stats_text(self.metrics, self.summary))
+        lines = [failure_text(self.summary)] if self.summary is not None else []
         warning = self.metrics.eval_rising()
+        if warning:
+            lines.append(Text("warning: " + warning, "bold yellow"))
+        shown = [line for line in lines if line is not None]
         warn = self.query_one("#monitor-warning", Static)
-        warn.display = warning is not None
-        warn.update(Text("warning: " + warning, "bold yellow") if warning else "")
+        warn.display = bool(shown)
+        warn.update(Text("\n").join(shown))
 
     def _telemetry(self, tel: Telemetry) -> None:
         box = self.query_one("#monitor-gpus", Static)

@@ -1,4 +1,5 @@
-"""Short text for numbers: GiB, durations, money, bars. Pure functions, no Textual."""
+"""Short text for numbers and paths: GiB, durations, money, bars, preset paths. Pure functions,
+no Textual."""
 
 from __future__ import annotations
 
@@ -74,3 +75,47 @@ def size_text(value_bytes: int | float | None) -> str:
     if value_bytes >= 1024**4:
         return f"{value_bytes / 1024**4:.1f} TiB"
     return f"{value_bytes / GIB:.0f} GiB"
+
+
+def fit_variants(
+    parts: list[tuple[int | tuple[int, ...], list[str]]], width: int, gap: int = 2
+) -> list[str | None]:
+    """Choose, for each part of a one-line text, one of its variants (longest first) or none,
+    so that the chosen texts joined by `gap` cells fit `width` cells. The part whose current
+    variant has the highest rank gives way first (the later of equal ranks), one variant at a
+    time; a rank is one number for every variant of a part, or one per variant. Rank 0 stays.
+    Nothing is cut: each part is shown whole or not at all."""
+    from rich.cells import cell_len
+
+    chosen = [0] * len(parts)
+
+    def rank(k: int) -> int:
+        ranks, variants = parts[k]
+        if chosen[k] >= len(variants):
+            return 0  # already gone
+        return ranks[chosen[k]] if isinstance(ranks, tuple) else ranks
+
+    def line_w() -> int:
+        texts = [v[i] for (_, v), i in zip(parts, chosen, strict=True) if i < len(v)]
+        return sum(cell_len(t) for t in texts) + gap * max(0, len(texts) - 1)
+
+    while line_w() > width:
+        movable = [k for k in range(len(parts)) if rank(k) > 0]
+        if not movable:
+            break
+        chosen[max(movable, key=lambda k: (rank(k), k))] += 1
+    return [v[i] if i < len(v) else None for (_, v), i in zip(parts, chosen, strict=True)]
+
+
+def shown_path(value: str) -> str:
+    """A preset's model or data path as a person reads it: `{data_dir}` and `~` expanded, then
+    the home folder written as `~`. Hub ids pass through unchanged."""
+    from pathlib import Path
+
+    from presets.locations import expand
+
+    expanded = expand(value)
+    home = str(Path.home())
+    if expanded == home or expanded.startswith(home.rstrip("/") + "/"):
+        return "~" + expanded[len(home.rstrip("/")) :]
+    return expanded

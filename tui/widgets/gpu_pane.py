@@ -9,7 +9,7 @@ from textual.widget import Widget
 from textual.widgets import Static
 
 from runner.gpu import GpuInfo
-from tui.widgets.format import bar, gib, size_text
+from tui.widgets.format import bar, fit_variants, gib, size_text
 from tui.widgets.telemetry import Telemetry
 
 
@@ -123,18 +123,30 @@ class GpuPanel(Container):
             card.show(gpu)
 
 
-def host_text(tel: Telemetry) -> Text:
-    """`host  box-7 · 64 cores · CPU 12 % · RAM 412 / 503 GiB free · disk /runs 1.2 TiB free`."""
+def host_text(tel: Telemetry, width: int = 1000) -> Text:
+    """`host  box-7 · 64 cores · CPU 12 % · RAM 412/503 GiB free · disk 1.2 TiB free at /runs`,
+    fitted to `width` cells: the path, the CPU load and the cores give way whole, in that order,
+    so a narrow terminal never shows a cut phrase such as `disk 1.2 TiB` without `free`."""
     host = tel.host
+    cores = f"{host.cpu_cores_logical} cores"
+    cpu = f"CPU {tel.cpu_pct:.0f} %" if tel.cpu_pct is not None else None
+    ram = f"RAM {gib(host.ram_available_bytes, 0)}/{gib(host.ram_total_bytes, 0)} GiB free"
+    disk: list[str] = []
+    if host.disk_free_bytes is not None:
+        free = f"disk {size_text(host.disk_free_bytes)} free"
+        disk = [f"{free} at {host.disk_path}", free]
+    parts: list[tuple[int | tuple[int, ...], list[str]]] = [
+        (0, [host.hostname]),
+        (3, [cores]),
+        (4, [cpu] if cpu else []),
+        (1, [ram]),
+        ((5, 2), disk),  # the path first, the free space nearly last
+    ]
+    lead = "host  "
+    chosen = fit_variants(parts, width - len(lead), gap=3)
     out = Text(no_wrap=True, overflow="ellipsis")
     out.append("host ", "bold")
-    out.append(f" {host.hostname} · {host.cpu_cores_logical} cores")
-    if tel.cpu_pct is not None:
-        out.append(f" · CPU {tel.cpu_pct:.0f} %")
-    out.append(f" · RAM {gib(host.ram_available_bytes, 0)}/{gib(host.ram_total_bytes, 0)} GiB free")
-    if host.disk_free_bytes is not None:
-        # The figure before the path, so a narrow terminal cuts the path, not the number.
-        out.append(f" · disk {size_text(host.disk_free_bytes)} free at {host.disk_path}")
+    out.append(" " + " · ".join(t for t in chosen if t is not None))
     return out
 
 
@@ -155,4 +167,4 @@ class HostLine(Widget):
 
     def render(self) -> Text:
         tel = getattr(self, "_tel", None)
-        return host_text(tel) if tel is not None else Text("host  reading…")
+        return host_text(tel, self.size.width) if tel is not None else Text("host  reading…")
