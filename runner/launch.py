@@ -61,9 +61,19 @@ class LaunchResult:
     run_dir: Path
     warnings: list[str] = field(default_factory=list)
     pid: int | None = None
+    start_step: int = 0
+    """Step the training starts from (a resume's checkpoint; 0 for a new run)."""
+    start_checkpoint: str | None = None
+    """The checkpoint folder a resume starts from (None: from step 0)."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "run_dir": str(self.run_dir), "warnings": self.warnings}
+        return {
+            "run_id": self.run_id,
+            "run_dir": str(self.run_dir),
+            "warnings": self.warnings,
+            "start_step": self.start_step,
+            "start_checkpoint": self.start_checkpoint,
+        }
 
 
 @dataclass
@@ -679,8 +689,6 @@ def _resume_locked(run_dir: Path, lock_fd: int, check_pid: bool) -> LaunchResult
     for torn in ckpt.discard_after(checkpoints_dir, keep):
         warnings.append(f"skipped {torn.path.name}: {', '.join(torn.problems) or 'after resume'}")
     truncate_metrics(run_dir / METRICS_FILE, keep.step if keep else 0)
-    if keep is None:
-        warnings.append("no complete checkpoint: starting from step 0")
     (run_dir / STOP_REQUEST_FILE).unlink(missing_ok=True)
     # A segment that ended without a word (SIGKILL, a lost box) still cost time and money: count
     # it up to its last heartbeat before the new segment starts.
@@ -715,4 +723,11 @@ def _resume_locked(run_dir: Path, lock_fd: int, check_pid: bool) -> LaunchResult
         update_state(run_dir, status="failed", failure_reason=f"cannot start: {exc}")
         raise RunError([f"run {run_dir}: cannot start ({exc})"]) from None
     _record_process(run_dir, proc)
-    return LaunchResult(run_dir.name, run_dir, warnings, proc.pid)
+    return LaunchResult(
+        run_dir.name,
+        run_dir,
+        warnings,
+        proc.pid,
+        start_step=keep.step if keep else 0,
+        start_checkpoint=keep.path.name if keep else None,
+    )

@@ -162,16 +162,15 @@ class TunedeckApp(App[None]):
             self.call_from_thread(self.notify, "the run store is not available", severity="error")
             return
         from runner.runs import RunError
-        from tui.run_messages import newest_complete_checkpoint, resumed_text
+        from tui.run_messages import resumed_text
 
         try:
-            # Read before the resume starts: from then on the training writes checkpoints.
-            start = newest_complete_checkpoint(self.store.resolve(run_id))
             result = self.store.resume(run_id)
         except RunError as exc:
             self.call_from_thread(self.notify, "\n".join(exc.lines), severity="error", markup=False)
             return
-        lines = [resumed_text(result.run_id, start), *result.warnings]
+        start = resumed_text(result.run_id, result.start_step, result.start_checkpoint)
+        lines = [start, *result.warnings]
         severity = "warning" if result.warnings else "information"
         self.call_from_thread(self.notify, "\n".join(lines), severity=severity, markup=False)
 

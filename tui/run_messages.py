@@ -22,11 +22,11 @@ def newest_complete_checkpoint(run_dir: Path) -> CheckpointInfo | None:
     return latest_complete(run_dir / CHECKPOINTS_DIR)
 
 
-def resumed_text(run_id: str, start: CheckpointInfo | None) -> str:
-    """One line for a resume that has just started from `start`."""
-    if start is None:
+def resumed_text(run_id: str, start_step: int, start_checkpoint: str | None) -> str:
+    """One line for a resume that has just started from `start_checkpoint` (None: step 0)."""
+    if start_checkpoint is None:
         return f"restarted {run_id} from step 0: no checkpoint"
-    return f"resumed {run_id} from step {start.step:,} ({start.path.name})"
+    return f"resumed {run_id} from step {start_step:,} ({start_checkpoint})"
 
 
 def killed_text(run_id: str, step: int, start: CheckpointInfo | None) -> str:

@@ -404,18 +404,18 @@ def resume(
 ) -> None:
     """Continue an interrupted run from its newest complete checkpoint, detached."""
     from runner.runs import RunError
-    from tui.run_messages import newest_complete_checkpoint, resumed_text
+    from tui.run_messages import resumed_text
 
     store = _store(runs_dir)
     if all_interrupted == (run_id is not None):
         fail(["give a run id or --all-interrupted (one of them)"])
     if run_id is not None:
         try:
-            start = newest_complete_checkpoint(store.resolve(run_id))
             result = store.resume(run_id)
         except RunError as exc:
             fail(exc.lines)
-        _print_launched(result, as_json, resumed_text(result.run_id, start))
+        verb = resumed_text(result.run_id, result.start_step, result.start_checkpoint)
+        _print_launched(result, as_json, verb)
         return
     from runner.runs import STOP_REQUEST_FILE
 
@@ -426,15 +426,15 @@ def resume(
         if (s.run_dir / STOP_REQUEST_FILE).exists():
             continue  # stopped by the user before the run could record it
         try:
-            start = newest_complete_checkpoint(s.run_dir)
-            results.append((store.resume(s.run_id), start))
+            results.append(store.resume(s.run_id))
         except RunError as exc:
             problems += [f"{s.run_id}: {line}" for line in exc.lines]
     if as_json:
-        print_json({"resumed": [r.to_json() for r, _ in results], "problems": problems})
+        print_json({"resumed": [r.to_json() for r in results], "problems": problems})
     else:
-        for r, start in results:
-            console.print(f"{resumed_text(r.run_id, start)} (pid {r.pid})", markup=False)
+        for r in results:
+            line = resumed_text(r.run_id, r.start_step, r.start_checkpoint)
+            console.print(f"{line} (pid {r.pid})", markup=False)
         if not results:
             console.print("no interrupted runs to resume")
         for line in problems:
