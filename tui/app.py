@@ -166,9 +166,9 @@ class TunedeckApp(App[None]):
         try:
             result = self.store.resume(run_id)
         except RunError as exc:
-            self.call_from_thread(self.notify, "\n".join(exc.lines), severity="error")
+            self.call_from_thread(self.notify, "\n".join(exc.lines), severity="error", markup=False)
             return
-        self.call_from_thread(self.notify, f"resumed {result.run_id}")
+        self.call_from_thread(self.notify, f"resumed {result.run_id}", markup=False)
 
 
 def _store_factory(runs_dir: str | None) -> Callable[[], Any]:

@@ -147,18 +147,19 @@ def _hours(hours: float | None) -> str:
 
 def _render(report: PlanReport, data_note: str = "") -> None:
     from rich.table import Table
+    from rich.text import Text
 
     from planner.core import METHOD_LABELS
 
     r = report.request
     spec = report.model
-    head = f"model [bold]{spec.name}[/] ({_params(spec.total_params)} params)"
+    head = Text.assemble("model ", (spec.name, "bold"), f" ({_params(spec.total_params)} params)")
     if report.gpu is not None:
         price = report.gpu.price_usd_per_h
-        head += f"   gpu {r.num_gpus}x {report.gpu.name} ({report.gpu.memory_gib:.1f} GiB"
-        head += f", ${price:.2f}/h)" if price is not None else ")"
+        head.append(f"   gpu {r.num_gpus}x {report.gpu.name} ({report.gpu.memory_gib:.1f} GiB")
+        head.append(f", ${price:.2f}/h)" if price is not None else ")")
     else:
-        head += "   gpu: none detected or named"
+        head.append("   gpu: none detected or named")
     common.console.print(head)
     common.console.print(
         f"{r.trainer}  seq {r.seq_len}  micro-batch {r.micro_batch}  accum {r.grad_accum}  "
@@ -180,12 +181,13 @@ def _render(report: PlanReport, data_note: str = "") -> None:
     for o in report.options:
         label = SHORT[o.method]
         if o.fits is None:
-            verdict = "-"
+            verdict = Text("-")
         elif o.fits:
-            verdict = "[green]fits[/]" + (" ★" if o.method == report.recommended else "")
+            verdict = Text("fits", "green")
+            verdict.append(" ★" if o.method == report.recommended else "")
         else:
-            verdict = "[red]no fit[/]"
-        cells = [label]
+            verdict = Text("no fit", "red")
+        cells: list[str | Text] = [label]
         if report.gpu is not None:
             cells.append(_bar(o.device_peak_gib, report.gpu.memory_gib))
         cells += [
@@ -206,7 +208,9 @@ def _render(report: PlanReport, data_note: str = "") -> None:
             f"{name} {value:.2f}" for name, value in o.breakdown.items() if abs(value) >= 0.005
         ]
         common.console.print(
-            f"[dim]breakdown ({METHOD_LABELS[o.method]}, GiB):[/] " + " · ".join(parts)
+            Text.assemble(
+                (f"breakdown ({METHOD_LABELS[o.method]}, GiB):", "dim"), " " + " · ".join(parts)
+            )
         )
     if report.renting:
         common.console.print("cheapest place to rent (typical on-demand prices):")

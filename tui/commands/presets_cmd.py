@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 from rich.syntax import Syntax
 from rich.table import Table
+from rich.text import Text
 
 from tui.commands.common import console, fail, print_json
 
@@ -67,7 +68,7 @@ def presets_list(
         user = " (user)" if e.source == "user" else ""
         if e.preset is None:
             first = e.error.lines[0] if e.error else "invalid"
-            table.add_row(e.name + user, "[red]invalid[/]", first, *([""] if wide else []))
+            table.add_row(e.name + user, Text("invalid", "red"), first, *([""] if wide else []))
             continue
         p = e.preset
         gpus = f" {p.launch.num_gpus}x {p.launch.strategy}" if p.launch.num_gpus > 1 else ""
@@ -114,7 +115,7 @@ def presets_new(
         path = save_user_preset(preset, overwrite=force)
     except PresetError as exc:
         fail(exc.lines)
-    console.print(f"saved [bold]{preset.name}[/] to {path}")
+    console.print(Text.assemble("saved ", (preset.name, "bold"), f" to {path}"))
 
 
 def register(app: typer.Typer) -> None:

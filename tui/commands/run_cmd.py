@@ -11,8 +11,16 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from tui.commands.common import EXIT_FAILED, console, err_console, fail, print_json
+from tui.commands.common import (
+    EXIT_FAILED,
+    console,
+    fail,
+    print_json,
+    print_problem,
+    print_warning,
+)
 
 if TYPE_CHECKING:
     from runner.launch import LaunchResult
@@ -94,7 +102,7 @@ def _print_launched(result: LaunchResult, as_json: bool, verb: str) -> None:
         print_json(result.to_json())
         return
     for line in result.warnings:
-        err_console.print(f"[yellow]warning:[/] {line}", markup=True, soft_wrap=True)
+        print_warning(line)
     console.print(f"{verb} {result.run_id}  (pid {result.pid})")
     console.print(f"folder  {result.run_dir}")
     console.print(f"follow  tunedeck watch {result.run_id}  (or: tunedeck logs {result.run_id} -f)")
@@ -291,7 +299,8 @@ def stop(
     if no_wait:
         console.print(f"asked {before.run_id} to stop (checkpoint first)")
         return
-    with console.status(f"{before.run_id}: writing a checkpoint and stopping..."):
+    # A status given a str reads it as markup whatever the console says.
+    with console.status(Text(f"{before.run_id}: writing a checkpoint and stopping...")):
         wait_until_gone(before.state, timeout_s=900)
     after = store.get(run_dir)
     console.print(
@@ -346,7 +355,7 @@ def resume(
         if not results:
             console.print("no interrupted runs to resume")
         for line in problems:
-            err_console.print(f"[bold red]error:[/] {line}", markup=True)
+            print_problem(line)
     if problems:
         raise typer.Exit(EXIT_FAILED)
 

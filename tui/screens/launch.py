@@ -220,8 +220,8 @@ class LaunchScreen(Screen[None]):
             return
         result = message.result
         for warning in result.warnings:
-            self.notify(warning, severity="warning")
-        self.notify(f"launched {result.run_id}")
+            self.notify(warning, severity="warning", markup=False)
+        self.notify(f"launched {result.run_id}", markup=False)
         self.app.pop_screen()
         self.app.open_monitor(result.run_id)  # type: ignore[attr-defined]
 

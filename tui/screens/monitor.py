@@ -289,7 +289,7 @@ class MonitorScreen(Screen[None]):
         elif message.kind == "search":
             if not message.lines:
                 pane.loading = False
-                self.notify(f"not found: {self._search}", severity="warning")
+                self.notify(f"not found: {self._search}", severity="warning", markup=False)
                 return
             pane.show_window(message.lines, message.first_index, self._search)
 
@@ -383,7 +383,9 @@ class MonitorScreen(Screen[None]):
         try:
             store.stop(self.summary.run_id if self.summary else self.run)
         except RunError as exc:
-            self.app.call_from_thread(self.notify, "\n".join(exc.lines), severity="error")
+            self.app.call_from_thread(
+                self.notify, "\n".join(exc.lines), severity="error", markup=False
+            )
             return
         self.app.call_from_thread(self.notify, "stopping: saving a checkpoint first")
 

@@ -178,7 +178,8 @@ class LogPane(Widget, can_focus=True):
         mode = "following" if self.follow else "scrolled · end follows"
         if self.highlight:
             mode += f" · /{self.highlight}"
-        self.border_title = f"{self.path_label} ({mode})"
+        # A str title is read as markup; the search text is whatever was typed.
+        self.border_title = Text(f"{self.path_label} ({mode})")
 
     # ------------------------------------------------------------------ drawing
 
