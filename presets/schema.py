@@ -23,7 +23,8 @@ DatasetFormat = Literal[
 ]
 ComputeDtype = Literal["bfloat16", "float16", "float32"]
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# `\A`/`\Z` and `fullmatch`: `$` also matches before a trailing newline, so "demo\n" passed.
+NAME_PATTERN = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 
 
 class _Strict(BaseModel):
@@ -167,7 +168,11 @@ class Preset(_Strict):
     @field_validator("name")
     @classmethod
     def _valid_name(cls, value: str) -> str:
-        if not NAME_PATTERN.match(value):
+        if not NAME_PATTERN.fullmatch(value):
+            if value != value.strip():
+                raise ValueError(
+                    f"must not start or end with a space or a line break, got {value!r}"
+                )
             raise ValueError(
                 "must be 1-64 characters of letters, digits, '.', '_' or '-', "
                 f"starting with a letter or digit, got {value!r}"

@@ -312,7 +312,7 @@ def _new_run_dir(root: Path, preset_name: str, name: str | None) -> Path:
     from presets.schema import NAME_PATTERN
 
     if name is not None:
-        if not NAME_PATTERN.match(name):
+        if not NAME_PATTERN.fullmatch(name):
             raise RunError(
                 [
                     f"--name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting "
