@@ -153,7 +153,11 @@ class _Dumper(yaml.SafeDumper):
         return tag
 
 
-def dump(data: Any, width: int = 100) -> str:
+# Long strings (a deep path, a description) stay on one line instead of being folded.
+NO_FOLDING = 1 << 30
+
+
+def dump(data: Any, width: int = NO_FOLDING) -> str:
     """`data` as block YAML, keys in the given order, read back the same by `load` and by
     `yaml.safe_load`."""
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=width)

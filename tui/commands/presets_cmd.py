@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
@@ -93,9 +94,15 @@ def presets_show(
     if as_json:
         print_json(preset.model_dump(mode="json"))
         return
-    console.print(
-        Syntax(preset_to_yaml(preset), "yaml", theme="ansi_dark", background_color="default")
-    )
+    text = preset_to_yaml(preset)
+    if not console.is_terminal:
+        # Piped or redirected: exactly the YAML, every line whole, to be saved or parsed.
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    # Coloured, and soft-wrapped: a long line is folded by the terminal, not cut or broken.
+    syntax = Syntax(text, "yaml", theme="ansi_dark", background_color="default")
+    console.print(syntax.highlight(text), soft_wrap=True, end="")
 
 
 @presets_app.command("new")
