@@ -28,8 +28,12 @@ NAME_PATTERN = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 
 
 class _Strict(BaseModel):
+    # NaN and infinity pass every `ge`/`lt` bound or none; no field of a preset means either.
     model_config = ConfigDict(
-        extra="forbid", validate_assignment=True, use_attribute_docstrings=True
+        extra="forbid",
+        validate_assignment=True,
+        use_attribute_docstrings=True,
+        allow_inf_nan=False,
     )
 
 

@@ -145,6 +145,8 @@ def _describe_error(err: Mapping[str, Any]) -> list[tuple[str, str]]:
         return [(path, f"must be {words[kind]} {limit}, got {value!r}")]
     if kind in ("int_parsing", "int_type", "int_from_float"):
         return [(path, f"must be an integer, got {value!r}")]
+    if kind == "finite_number":
+        return [(path, f"must be a finite number, got {value!r}")]
     if kind in ("float_parsing", "float_type"):
         return [(path, f"must be a number, got {value!r}")]
     if kind in ("bool_parsing", "bool_type"):

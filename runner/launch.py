@@ -200,12 +200,18 @@ def _check_fit(preset: Preset, pf: Preflight, gpu_source: GpuSource | None) -> N
 def preflight(
     preset: Preset, check_data: bool = True, gpu_source: GpuSource | None = None
 ) -> Preflight:
-    """Check the model, the data and the fit on the detected GPUs (`gpu_source`, default the
-    real NVML) before launching; never raises for bad input."""
+    """Check the model, the data, TRL's view of the training arguments and the fit on the
+    detected GPUs (`gpu_source`, default the real NVML) before launching; never raises for bad
+    input."""
+    from runner.config_check import check_training_config
+
     pf = Preflight()
     _check_model(preset, pf)
     if check_data:
         _check_data(preset, pf)
+        # TRL's own checks, in a child process (torch never loads here); like the data, a
+        # resume does not repeat them: config.yaml was checked when the run was launched.
+        check_training_config(preset).add_to(pf)
     if preset.launch.strategy == "deepspeed-zero3":
         from importlib.util import find_spec
 
