@@ -96,10 +96,13 @@ def _looks_local(raw: str, expanded: str) -> bool:
 
 
 def _check_model(preset: Preset, pf: Preflight) -> None:
+    from runner import model_checks
+
     model = locations.expand(preset.model)
     if not _looks_local(preset.model, model):
-        if os.environ.get("HF_HUB_OFFLINE") == "1":
-            pf.warnings.append(f"model {model}: a hub id, and HF_HUB_OFFLINE=1: must be cached")
+        hub = model_checks.hub_model_findings(model)
+        pf.problems += hub.problems
+        pf.warnings += hub.warnings
         return
     path = Path(model)
     if not path.is_dir():
@@ -108,7 +111,10 @@ def _check_model(preset: Preset, pf: Preflight) -> None:
         )
         pf.problems.append(f"model: {model}: no such folder{hint}")
     elif not (path / "config.json").is_file():
-        pf.problems.append(f"model: {model}: not a model folder (no config.json in it)")
+        hint = model_checks.not_a_model_hint(path)
+        pf.problems.append(f"model: {model}: not a model folder (no config.json in it){hint}")
+    else:
+        pf.problems += model_checks.local_model_problems(path)
 
 
 def _check_data(preset: Preset, pf: Preflight) -> None:
@@ -160,6 +166,18 @@ def _check_fit(preset: Preset, pf: Preflight, gpu_source: GpuSource | None) -> N
         pf.fit_check = "no GPU: not checked"
         if preset.method == "qlora":
             pf.problems.append("method qlora needs a CUDA GPU (bitsandbytes 4-bit); none found")
+            return
+        import psutil
+
+        from runner.model_checks import cpu_run_verdict
+
+        # A missing driver must not turn a 70B run into a silent CPU run.
+        cpu = cpu_run_verdict(
+            preset, snap.reason or "no NVIDIA GPU found", psutil.virtual_memory().available
+        )
+        pf.fit_check = cpu.fit_check
+        pf.fit_problem = cpu.problem
+        pf.warnings += [cpu.warning] if cpu.warning else []
         return
     try:
         from planner import PlanError, plan, request_from_preset

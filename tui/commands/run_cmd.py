@@ -117,7 +117,12 @@ SetOption = Annotated[
     typer.Option("--set", help="Override a preset field, e.g. training.max_steps=40. Repeatable."),
 ]
 ForceOption = Annotated[
-    bool, typer.Option("--force", help="Launch even when the planner says it does not fit.")
+    bool,
+    typer.Option(
+        "--force",
+        help="Launch even when the planner says it does not fit, or when no GPU is found and "
+        "the model is too large for the CPU.",
+    ),
 ]
 AutoResumeOption = Annotated[
     bool,
