@@ -24,15 +24,22 @@ import re
 from typing import Any
 
 import yaml
-from yaml.nodes import Node, ScalarNode
+from yaml.nodes import MappingNode, Node, ScalarNode
 
 # A preset has tens of nodes; the largest useful ones (long module lists, a DeepSpeed mapping)
 # a few hundred. This leaves room for any real file and stops an expansion in microseconds.
 MAX_EXPANDED_NODES = 100_000
+# A preset nests four or five levels; PyYAML's recursive parser overflows Python's stack at a
+# few hundred ('[[[[...').
+MAX_DEPTH = 64
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 class YamlTooLarge(yaml.MarkedYAMLError):
-    """A document refused for the size its aliases expand to (or a recursive alias)."""
+    """A document refused for the size its aliases expand to, a recursive alias, or nesting
+    deeper than `MAX_DEPTH`."""
 
 
 _CORE_RESOLVERS: list[tuple[str, re.Pattern[str], list[str]]] = [
@@ -90,6 +97,7 @@ class Loader(yaml.SafeLoader):
         super().__init__(stream)
         self._expanded_nodes = 0
         self._sizes: dict[int, int] = {}
+        self._depth = 0
 
     def _count(self, nodes: int, mark: Any) -> None:
         self._expanded_nodes += nodes
@@ -116,11 +124,38 @@ class Loader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         before = self._expanded_nodes
         start = self.peek_event().start_mark
-        node: Node | None = super().compose_node(parent, index)
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise YamlTooLarge(
+                problem=f"refused: nested more than {MAX_DEPTH} levels deep", problem_mark=start
+            )
+        try:
+            node: Node | None = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
         self._count(1, start)
         if node is not None:
             self._sizes[id(node)] = self._expanded_nodes - before
         return node
+
+    def construct_mapping(self, node: Node, deep: bool = False) -> dict[Any, Any]:
+        # PyYAML keeps the last of two equal keys without a word; in a preset the first one
+        # is then silently ignored, which is never what was meant.
+        if isinstance(node, MappingNode):
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, ScalarNode) or key_node.tag == _MERGE_TAG:
+                    continue
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"duplicate key {key!r}; the first is on line {seen[key].line + 1}",
+                        key_node.start_mark,
+                    )
+                seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)  # type: ignore[arg-type]
 
 
 Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)

@@ -44,10 +44,13 @@ def print_json(data: Any) -> None:
 
 
 def labelled(label: str, style: str, line: str) -> Text:
-    """`label: line` with the label styled and the line shown exactly as it is."""
+    """`label: line` with the label styled and the line shown as it is (control characters as
+    escapes, so a message quoting a file cannot drive the terminal)."""
     from rich.text import Text
 
-    return Text.assemble((f"{label}:", style), " ", line)
+    from tui.widgets.format import printable
+
+    return Text.assemble((f"{label}:", style), " ", printable(line))
 
 
 def print_problem(line: str) -> None:

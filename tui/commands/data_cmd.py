@@ -17,6 +17,7 @@ from tui.commands.common import (
     fail,
     print_json,
 )
+from tui.widgets.format import one_line, printable
 
 data_app = typer.Typer(help="Check training data before a run.", no_args_is_help=True)
 
@@ -94,7 +95,8 @@ def _stat(values: dict[str, Any] | None, unit: str = "") -> str:
 
 def _print_report(data: dict[str, Any]) -> None:
     stats = data["stats"]
-    table = Table(show_header=False, expand=False, title=Text(data["path"]), title_justify="left")
+    title = Text(one_line(data["path"]))
+    table = Table(show_header=False, expand=False, title=title, title_justify="left")
     table.add_column("", style="bold")
     table.add_column("", no_wrap=False)
     bad = f" ({data['bad_rows']:,} unusable)" if data["bad_rows"] else ""
@@ -137,7 +139,7 @@ def _print_report(data: dict[str, Any]) -> None:
         if lines:
             console.print(Text(f"{title} ({len(lines)}):", style))
             for line in lines:
-                console.print(f"  • {line}", soft_wrap=True)
+                console.print(f"  • {printable(line)}", soft_wrap=True)
     for note in data["notes"]:
         console.print(Text(f"note: {note}", style="dim"), soft_wrap=True)
     console.print(Text(f"checked in {data['elapsed_s']:.1f} s", "dim"))

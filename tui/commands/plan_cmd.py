@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -153,7 +154,11 @@ def _render(report: PlanReport, data_note: str = "") -> None:
 
     r = report.request
     spec = report.model
-    head = Text.assemble("model ", (spec.name, "bold"), f" ({_params(spec.total_params)} params)")
+    from tui.widgets.format import one_line
+
+    head = Text.assemble(
+        "model ", (one_line(spec.name), "bold"), f" ({_params(spec.total_params)} params)"
+    )
     if report.gpu is not None:
         price = report.gpu.price_usd_per_h
         head.append(f"   gpu {r.num_gpus}x {report.gpu.name} ({report.gpu.memory_gib:.1f} GiB")
@@ -238,6 +243,17 @@ def _whole_number(text: str) -> int:
     return value
 
 
+def _finite_number(text: str) -> float:
+    """A float flag: `nan` and `inf` parse as floats and would reach the plan as nonsense."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 def _parser() -> _Parser:
     p = _Parser(
         prog="tunedeck plan",
@@ -255,7 +271,7 @@ def _parser() -> _Parser:
     p.add_argument(
         "--gpu", help="GPU name, e.g. H100, 'A100 40GB', RTX 4090 (default: the detected one)"
     )
-    p.add_argument("--gpu-memory", type=float, help="GiB of a custom GPU")
+    p.add_argument("--gpu-memory", type=_finite_number, help="GiB of a custom GPU")
     p.add_argument("--num-gpus", type=_whole_number, help="GPUs per run")
     p.add_argument("--strategy", help="ddp, fsdp, zero2 or zero3")
     p.add_argument("--seq-len", type=_whole_number, help="tokens per sequence (max_length)")
@@ -282,8 +298,10 @@ def _parser() -> _Parser:
     p.add_argument("--examples", type=_whole_number, help="training examples")
     p.add_argument("--avg-tokens", type=_whole_number, help="mean tokens per example")
     p.add_argument("--dataset", help="a JSONL/JSON file to size (rows and approximate tokens)")
-    p.add_argument("--epochs", type=float, help="passes over the data")
-    p.add_argument("--price", type=float, help="USD per GPU-hour (default: the catalogue's)")
+    p.add_argument("--epochs", type=_finite_number, help="passes over the data")
+    p.add_argument(
+        "--price", type=_finite_number, help="USD per GPU-hour (default: the catalogue's)"
+    )
     p.add_argument(
         "--set",
         dest="set_",

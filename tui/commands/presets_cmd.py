@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tui.commands.common import console, fail, print_json
+from tui.widgets.format import one_line
 
 presets_app = typer.Typer(
     help="List, show and create run presets.", invoke_without_command=True, no_args_is_help=False
@@ -69,12 +70,13 @@ def presets_list(
         user = " (user)" if e.source == "user" else ""
         if e.preset is None:
             first = e.error.lines[0] if e.error else "invalid"
-            table.add_row(e.name + user, Text("invalid", "red"), first, *([""] if wide else []))
+            name, problem = one_line(e.name + user), one_line(first)
+            table.add_row(name, Text("invalid", "red"), problem, *([""] if wide else []))
             continue
         p = e.preset
         gpus = f" {p.launch.num_gpus}x {p.launch.strategy}" if p.launch.num_gpus > 1 else ""
-        row = [p.name + user, f"{p.trainer} {p.method}{gpus}", p.model]
-        table.add_row(*row, *([p.description] if wide else []))
+        row = [p.name + user, f"{p.trainer} {p.method}{gpus}", one_line(p.model)]
+        table.add_row(*row, *([one_line(p.description)] if wide else []))
     console.print(table)
 
 

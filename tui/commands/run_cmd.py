@@ -21,6 +21,7 @@ from tui.commands.common import (
     print_problem,
     print_warning,
 )
+from tui.widgets.format import one_line
 
 if TYPE_CHECKING:
     from runner.launch import LaunchResult
@@ -38,7 +39,25 @@ def _store(runs_dir: str | None) -> RunStore:
     from presets import locations
     from runner.runs import RunStore
 
-    return RunStore(locations.runs_dir(runs_dir))
+    root = locations.runs_dir(runs_dir)
+    if root.exists() and not root.is_dir():
+        fail([f"runs folder {root}: not a folder; choose another with --runs-dir or TUNEDECK_RUNS"])
+    return RunStore(root)
+
+
+def _distributed_problems(nnodes: int, node_rank: int, master_port: int) -> list[str]:
+    """The multi-machine flags checked before anything starts (torchrun would fail on them
+    only after the run folder exists, or wait for a machine that is never coming)."""
+    problems = []
+    if nnodes < 1:
+        problems.append(f"--nnodes must be 1 or more, got {nnodes}")
+    elif not 0 <= node_rank < nnodes:
+        problems.append(
+            f"--node-rank must be from 0 to {nnodes - 1} with --nnodes {nnodes}, got {node_rank}"
+        )
+    if not 1 <= master_port <= 65535:
+        problems.append(f"--master-port must be a TCP port from 1 to 65535, got {master_port}")
+    return problems
 
 
 def _duration(seconds: float | None) -> str:
@@ -80,17 +99,20 @@ def _launch(
     except PresetError as exc:
         fail(exc.lines)
     dist = Distributed(
-        nnodes=nnodes or preset.launch.nnodes,
+        nnodes=preset.launch.nnodes if nnodes is None else nnodes,
         node_rank=node_rank,
         master_addr=master_addr,
         master_port=master_port,
     )
+    problems = _distributed_problems(dist.nnodes, dist.node_rank, dist.master_port)
+    if problems:
+        fail(problems)
     root = locations.runs_dir(runs_dir)
     try:
         if as_json:
             result = launch(root, preset, name, force, auto_resume or None, dist)
         else:
-            with console.status("checking the preset, the data and the fit..."):
+            with console.status("checking the preset, the data, TRL's arguments and the fit..."):
                 result = launch(root, preset, name, force, auto_resume or None, dist)
     except RunError as exc:
         fail(exc.lines)
@@ -198,9 +220,9 @@ def _row(s: RunSummary) -> list[str]:
     if status == "interrupted" and st.stopped_by_user:
         status = "interrupted (stopped)"
     elif status == "failed" and st.failure_reason:
-        status = f"failed: {st.failure_reason[:40]}"
+        status = f"failed: {one_line(st.failure_reason)[:40]}"
     return [
-        s.run_id,
+        one_line(s.run_id),
         status,
         step,
         f"{s.last_loss:.4f}" if s.last_loss is not None else "-",

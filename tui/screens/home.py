@@ -13,7 +13,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from tui.widgets.format import count, duration, money, number
+from tui.widgets.format import count, duration, money, number, one_line
 from tui.widgets.gpu_pane import GpuPanel, HostLine
 from tui.widgets.telemetry import Telemetry
 
@@ -36,7 +36,7 @@ def run_row(summary: Any) -> tuple[Text, ...]:
         status.append(" (r)", "bold")
     max_steps = count(state.max_steps) if state.max_steps else "?"
     return (
-        Text(summary.run_id, no_wrap=True, overflow="ellipsis"),
+        Text(one_line(summary.run_id), no_wrap=True, overflow="ellipsis"),
         status,
         Text(f"{count(state.step)}/{max_steps}", justify="right"),
         Text(number(summary.last_loss), justify="right"),

@@ -20,7 +20,7 @@ from textual.widgets import Footer, Input, Static
 
 from tui.screens.confirm import ConfirmScreen
 from tui.widgets.charts import LossChart, gpu_history_text
-from tui.widgets.format import bar, count, duration, money, number
+from tui.widgets.format import bar, count, duration, money, number, one_line
 from tui.widgets.log_file import LogLine
 from tui.widgets.log_pane import PAGE_LOAD_LINES, LogPane
 from tui.widgets.metrics_model import RunMetrics
@@ -43,12 +43,12 @@ def header_text(summary: Any, width: int) -> Text:
     """`run-id  running  step 1840/6000 ███▏░░ 31 %  ETA 2h31m  $4.12 of ~$13.20`."""
     state = summary.state
     out = Text(no_wrap=True, overflow="ellipsis")
-    out.append(summary.run_id + "  ", "bold")
+    out.append(one_line(summary.run_id) + "  ", "bold")
     out.append(state.status, STATUS_STYLE.get(state.status, ""))
     if state.status == "interrupted":
         out.append(" ([r] resumes)", "yellow")
     if state.status == "failed" and state.failure_reason:
-        out.append(f" ({state.failure_reason})", "red")
+        out.append(f" ({one_line(state.failure_reason)})", "red")
     total = state.max_steps
     out.append(f"  step {count(state.step)}/{count(total) if total else '?'} ")
     fraction = state.step / total if total else None
