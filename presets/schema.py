@@ -23,12 +23,19 @@ DatasetFormat = Literal[
 ]
 ComputeDtype = Literal["bfloat16", "float16", "float32"]
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# `\A`/`\Z` and `fullmatch`: `$` also matches before a trailing newline, so "demo\n" passed.
+NAME_PATTERN = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 
 
 class _Strict(BaseModel):
+    # NaN and infinity pass every `ge`/`lt` bound or none; no field of a preset means either.
+    # Numbers are `strict=True`: values arrive typed from YAML, and lax parsing would read
+    # `lora.r: true` as 1 and `price_usd_per_h: yes` as 1.0 without a word.
     model_config = ConfigDict(
-        extra="forbid", validate_assignment=True, use_attribute_docstrings=True
+        extra="forbid",
+        validate_assignment=True,
+        use_attribute_docstrings=True,
+        allow_inf_nan=False,
     )
 
 
@@ -51,7 +58,7 @@ class DatasetSpec(_Strict):
     eval_split: str | None = None
     """Split to evaluate on when `path` is a hub dataset id, e.g. `test`."""
 
-    eval_fraction: float | None = Field(default=None, gt=0.0, lt=1.0)
+    eval_fraction: float | None = Field(default=None, gt=0.0, lt=1.0, strict=True)
     """Hold out this fraction of the training rows for evaluation (e.g. 0.1) when no eval data
     is given. Between 0 and 1, exclusive."""
 
@@ -59,13 +66,13 @@ class DatasetSpec(_Strict):
 class LoraSpec(_Strict):
     """The LoRA adapter (PEFT `LoraConfig`); used by the `lora` and `qlora` methods."""
 
-    r: int = Field(default=16, gt=0)
+    r: int = Field(default=16, gt=0, strict=True)
     """Rank of the adapter matrices: a positive integer, typically 8 to 64."""
 
-    alpha: int = Field(default=32, gt=0)
+    alpha: int = Field(default=32, gt=0, strict=True)
     """LoRA scaling numerator (`lora_alpha`); the update is scaled by alpha / r."""
 
-    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0, strict=True)
     """Dropout on the adapter input, in [0, 1)."""
 
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
@@ -97,7 +104,7 @@ class QuantizationSpec(_Strict):
 class LaunchSpec(_Strict):
     """How the training process is started."""
 
-    num_gpus: int = Field(default=1, ge=1)
+    num_gpus: int = Field(default=1, ge=1, strict=True)
     """GPUs per machine. 1 runs `python -m runner.train`; more runs torchrun."""
 
     strategy: Strategy = "single"
@@ -106,7 +113,7 @@ class LaunchSpec(_Strict):
     auto_resume: bool = False
     """Resume automatically from the newest complete checkpoint when the run was interrupted."""
 
-    nnodes: int = Field(default=1, ge=1)
+    nnodes: int = Field(default=1, ge=1, strict=True)
     """Number of machines taking part (torchrun `--nnodes`)."""
 
     @model_validator(mode="after")
@@ -160,14 +167,18 @@ class Preset(_Strict):
     """GPU this preset is planned for (catalogue name such as `RTX 4090`); the detected GPU
     is used when it is not set."""
 
-    price_usd_per_h: float | None = Field(default=None, ge=0.0)
+    price_usd_per_h: float | None = Field(default=None, ge=0.0, strict=True)
     """What the box costs per hour in USD, for cost estimates; the GPU catalogue's typical
     price is used when not set."""
 
     @field_validator("name")
     @classmethod
     def _valid_name(cls, value: str) -> str:
-        if not NAME_PATTERN.match(value):
+        if not NAME_PATTERN.fullmatch(value):
+            if value != value.strip():
+                raise ValueError(
+                    f"must not start or end with a space or a line break, got {value!r}"
+                )
             raise ValueError(
                 "must be 1-64 characters of letters, digits, '.', '_' or '-', "
                 f"starting with a letter or digit, got {value!r}"

@@ -19,8 +19,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from presets import locations
+from presets import locations, yaml_io
 from presets.schema import Preset
+
+# A preset is a few kilobytes; anything this large is not one (and is not read into memory).
+MAX_PRESET_BYTES = 1024 * 1024
 
 
 class PresetError(Exception):
@@ -59,7 +62,8 @@ def _display(path: Path) -> str:
 
 def parse_set(items: Iterable[str]) -> dict[str, Any]:
     """Turn `["training.max_steps=40", "lora.r=32"]` into a nested dict, each value read as
-    YAML (so `40` is an int, `true` a bool, `[q_proj, v_proj]` a list)."""
+    YAML 1.2 (so `40` is an int, `2e-5` a float, `true` a bool, `[q_proj, v_proj]` a list;
+    `yes` and `on` stay strings), as preset files are; see `presets.yaml_io`."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
@@ -69,7 +73,7 @@ def parse_set(items: Iterable[str]) -> dict[str, Any]:
                 [f"--set {item!r}: expected key=value with a dotted key, e.g. lora.r=32"]
             )
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = yaml_io.load(raw) if raw.strip() else ""
         except yaml.YAMLError as exc:
             raise PresetError([f"--set {item!r}: the value is not valid YAML ({exc})"]) from None
         node = out
@@ -141,6 +145,8 @@ def _describe_error(err: Mapping[str, Any]) -> list[tuple[str, str]]:
         return [(path, f"must be {words[kind]} {limit}, got {value!r}")]
     if kind in ("int_parsing", "int_type", "int_from_float"):
         return [(path, f"must be an integer, got {value!r}")]
+    if kind == "finite_number":
+        return [(path, f"must be a finite number, got {value!r}")]
     if kind in ("float_parsing", "float_type"):
         return [(path, f"must be a number, got {value!r}")]
     if kind in ("bool_parsing", "bool_type"):
@@ -192,6 +198,14 @@ def read_yaml(path: Path) -> Any:
     """Parse a YAML file, turning every read or syntax problem into a PresetError."""
     where = _display(path)
     try:
+        size_bytes = path.stat().st_size
+        if size_bytes > MAX_PRESET_BYTES:
+            raise PresetError(
+                [
+                    f"{where}: {size_bytes / 1024**2:,.1f} MiB is far too large for a preset "
+                    f"(at most {MAX_PRESET_BYTES // 1024**2} MiB); is it really one?"
+                ]
+            )
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise PresetError([f"{where}: no such file"]) from None
@@ -200,7 +214,11 @@ def read_yaml(path: Path) -> Any:
     except OSError as exc:
         raise PresetError([f"{where}: cannot read ({exc.strerror})"]) from None
     try:
-        return yaml.safe_load(text)
+        return yaml_io.load(text)
+    except yaml_io.YamlTooLarge as exc:
+        mark = exc.problem_mark
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise PresetError([f"{where}: {at}{exc.problem}"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -261,8 +279,7 @@ def load_preset(name_or_path: str, overrides: Iterable[str] = ()) -> Preset:
 
 def preset_to_yaml(preset: Preset) -> str:
     """The preset as YAML, fields in schema order, defaults included (the resolved view)."""
-    data = preset.model_dump(mode="json")
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
+    return yaml_io.dump(preset.model_dump(mode="json"))
 
 
 def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:

@@ -112,19 +112,27 @@ def _looks_local(raw: str, expanded: str) -> bool:
 
 
 def _check_model(preset: Preset, pf: Preflight) -> None:
+    from runner import model_checks
+
     model = locations.expand(preset.model)
     if not _looks_local(preset.model, model):
-        if os.environ.get("HF_HUB_OFFLINE") == "1":
-            pf.warnings.append(f"model {model}: a hub id, and HF_HUB_OFFLINE=1: must be cached")
+        hub = model_checks.hub_model_findings(model)
+        pf.problems += hub.problems
+        pf.warnings += hub.warnings
         return
     path = Path(model)
     if not path.is_dir():
         hint = (
-            " (run `tunedeck demo` once to create it)" if "{data_dir}/demo" in preset.model else ""
+            " (`tunedeck run demo` or `tunedeck demo` builds it)"
+            if "{data_dir}/demo" in preset.model
+            else ""
         )
         pf.problems.append(f"model: {model}: no such folder{hint}")
     elif not (path / "config.json").is_file():
-        pf.problems.append(f"model: {model}: not a model folder (no config.json in it)")
+        hint = model_checks.not_a_model_hint(path)
+        pf.problems.append(f"model: {model}: not a model folder (no config.json in it){hint}")
+    else:
+        pf.problems += model_checks.local_model_problems(path)
 
 
 def _check_data(preset: Preset, pf: Preflight) -> None:
@@ -176,6 +184,18 @@ def _check_fit(preset: Preset, pf: Preflight, gpu_source: GpuSource | None) -> N
         pf.fit_check = "no GPU: not checked"
         if preset.method == "qlora":
             pf.problems.append("method qlora needs a CUDA GPU (bitsandbytes 4-bit); none found")
+            return
+        import psutil
+
+        from runner.model_checks import cpu_run_verdict
+
+        # A missing driver must not turn a 70B run into a silent CPU run.
+        cpu = cpu_run_verdict(
+            preset, snap.reason or "no NVIDIA GPU found", psutil.virtual_memory().available
+        )
+        pf.fit_check = cpu.fit_check
+        pf.fit_problem = cpu.problem
+        pf.warnings += [cpu.warning] if cpu.warning else []
         return
     try:
         from planner import PlanError, plan, request_from_preset
@@ -216,12 +236,18 @@ def _check_fit(preset: Preset, pf: Preflight, gpu_source: GpuSource | None) -> N
 def preflight(
     preset: Preset, check_data: bool = True, gpu_source: GpuSource | None = None
 ) -> Preflight:
-    """Check the model, the data and the fit on the detected GPUs (`gpu_source`, default the
-    real NVML) before launching; never raises for bad input."""
+    """Check the model, the data, TRL's view of the training arguments and the fit on the
+    detected GPUs (`gpu_source`, default the real NVML) before launching; never raises for bad
+    input."""
+    from runner.config_check import check_training_config
+
     pf = Preflight()
     _check_model(preset, pf)
     if check_data:
         _check_data(preset, pf)
+        # TRL's own checks, in a child process (torch never loads here); like the data, a
+        # resume does not repeat them: config.yaml was checked when the run was launched.
+        check_training_config(preset).add_to(pf)
     if preset.launch.strategy == "deepspeed-zero3":
         from importlib.util import find_spec
 
@@ -340,7 +366,7 @@ def _new_run_dir(root: Path, preset_name: str, name: str | None) -> Path:
     from presets.schema import NAME_PATTERN
 
     if name is not None:
-        if not NAME_PATTERN.match(name):
+        if not NAME_PATTERN.fullmatch(name):
             raise RunError(
                 [
                     f"--name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting "

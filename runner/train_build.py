@@ -46,8 +46,25 @@ def load_data(preset: Preset) -> tuple[Any, Any]:
 def training_arguments(preset: Preset, run_dir: Path, world_size: int) -> Any:
     """TRL's SFTConfig or DPOConfig from the preset's `training`, with what tunedeck decides:
     where checkpoints go, CPU/precision when there is no GPU, and at least two kept checkpoints."""
+    args, notes = training_argument_values(preset, run_dir, world_size)
+    for note in notes:
+        print(f"tunedeck: {note}", flush=True)
+    return config_class(preset.trainer)(**args)
+
+
+def config_class(trainer: str) -> Any:
+    """TRL's argument class of a trainer name."""
     from trl import DPOConfig, SFTConfig
 
+    return DPOConfig if trainer == "dpo" else SFTConfig
+
+
+def training_argument_values(
+    preset: Preset, run_dir: Path, world_size: int
+) -> tuple[dict[str, Any], list[str]]:
+    """The keyword arguments `training_arguments` gives TRL's config class, and the notes it
+    prints about what it changed. `runner.config_check` builds the config from the same."""
+    notes: list[str] = []
     args = dict(preset.training)
     args.pop("model_init_kwargs", None)  # the model is built here, see build_model
     args["output_dir"] = str(run_dir / CHECKPOINTS_DIR)
@@ -57,10 +74,9 @@ def training_arguments(preset: Preset, run_dir: Path, world_size: int) -> Any:
     args.setdefault("disable_tqdm", True)
     limit = args.get("save_total_limit")
     if isinstance(limit, int) and 0 < limit < MIN_KEPT_CHECKPOINTS:
-        print(
-            f"tunedeck: save_total_limit {limit} raised to {MIN_KEPT_CHECKPOINTS}, so a torn "
-            "newest checkpoint always has a complete one before it",
-            flush=True,
+        notes.append(
+            f"save_total_limit {limit} raised to {MIN_KEPT_CHECKPOINTS}, so a torn "
+            "newest checkpoint always has a complete one before it"
         )
         args["save_total_limit"] = MIN_KEPT_CHECKPOINTS
     if not torch.cuda.is_available():
@@ -74,8 +90,7 @@ def training_arguments(preset: Preset, run_dir: Path, world_size: int) -> Any:
         # Each machine keeps its own run folder: each needs whole checkpoints to resume from.
         args.setdefault("save_on_each_node", True)
     _distributed_strategy(preset, args)
-    config_cls = DPOConfig if preset.trainer == "dpo" else SFTConfig
-    return config_cls(**args)
+    return args, notes
 
 
 def _distributed_strategy(preset: Preset, args: dict[str, Any]) -> None:

@@ -394,12 +394,14 @@ def test_autostart_prints_a_unit_and_a_cron_line(tunedeck_home: Path, tunedeck: 
 
 @pytest.mark.slow
 def test_a_failing_run_records_why(demo_home: Path, tunedeck: Any, tmp_path: Path) -> None:
-    """Weights missing: preflight sees a model folder, the training cannot load it."""
+    """An architecture this transformers does not know: preflight sees a whole model folder,
+    the training cannot load it. (Missing weights are refused before launch.)"""
     import shutil
 
     model = tmp_path / "model"
     shutil.copytree(demo_home / "data" / "demo" / "model", model)
-    (model / "model.safetensors").unlink()
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "model_type": "nosuchmodel"}))
     out = tunedeck("demo", "--name", "broken", "--json", "--set", f"model={model}")
     assert out.returncode == 0, out.stderr
     run_dir = Path(json.loads(out.stdout)["run_dir"])

@@ -183,9 +183,11 @@ async def test_launch_creates_a_run_folder_then_stop_and_resume_from_the_monitor
     try:
         async with app.run_test(size=(100, 30)) as pilot:
             await pilot.press("n")
-            assert await wait_for(pilot, lambda: "ready" in screen_text(app), timeout_s=20)
+            # Each preflight builds TRL's config in a child process (importing the training
+            # stack): tens of seconds on a loaded machine.
+            assert await wait_for(pilot, lambda: "ready" in screen_text(app), timeout_s=180)
             await pilot.press("down")  # demo -> demo-long
-            assert await shows(pilot, "demo-long", "3000 steps", "ready", timeout_s=20)
+            assert await shows(pilot, "demo-long", "3000 steps", "ready", timeout_s=180)
             await pilot.press("enter")
             assert await wait_for(
                 pilot, lambda: isinstance(app.screen, MonitorScreen), timeout_s=20

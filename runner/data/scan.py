@@ -56,7 +56,7 @@ class SourceProblem(Exception):
 
 
 def looks_like_hub_id(path: str) -> bool:
-    return bool(HUB_ID.match(path)) and Path(path).suffix.lower() not in (
+    return bool(HUB_ID.fullmatch(path)) and Path(path).suffix.lower() not in (
         ".jsonl",
         ".json",
         ".csv",

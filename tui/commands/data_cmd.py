@@ -17,6 +17,7 @@ from tui.commands.common import (
     fail,
     print_json,
 )
+from tui.widgets.format import one_line, printable
 
 data_app = typer.Typer(help="Check training data before a run.", no_args_is_help=True)
 
@@ -61,10 +62,11 @@ def check(
 
     # A spinner on stderr while reading (Rich draws it only on a terminal; stdout stays clean
     # for --json).
-    with err_console.status(f"checking {path}", spinner="dots") as status:
+    # A status given a str reads it as markup whatever the console says: the path is user text.
+    with err_console.status(Text(f"checking {path}"), spinner="dots") as status:
 
         def progress(line: str) -> None:
-            status.update(f"checking {path}: {line}")
+            status.update(Text(f"checking {path}: {line}"))
 
         report = check_dataset(
             path, trainer=trainer, model=model, max_length=max_length, fmt=fmt, progress=progress
@@ -95,7 +97,8 @@ def _print_report(data: dict[str, Any]) -> None:
     from runner.data import rows_text
 
     stats = data["stats"]
-    table = Table(show_header=False, expand=False, title=Text(data["path"]), title_justify="left")
+    title = Text(one_line(data["path"]))
+    table = Table(show_header=False, expand=False, title=title, title_justify="left")
     table.add_column("", style="bold")
     table.add_column("", no_wrap=False)
     table.add_row("rows", rows_text(data["rows"], data["bad_rows"]))
@@ -137,12 +140,12 @@ def _print_report(data: dict[str, Any]) -> None:
         ("warnings", data["warnings"], "yellow"),
     ):
         if lines:
-            console.print(f"[{style}]{title} ({len(lines)}):[/]")
+            console.print(Text(f"{title} ({len(lines)}):", style))
             for line in lines:
-                console.print(f"  • {line}", markup=False, soft_wrap=True)
+                console.print(f"  • {printable(line)}", soft_wrap=True)
     for note in data["notes"]:
         console.print(Text(f"note: {note}", style="dim"), soft_wrap=True)
-    console.print(f"[dim]checked in {data['elapsed_s']:.1f} s[/]")
+    console.print(Text(f"checked in {data['elapsed_s']:.1f} s", "dim"))
 
 
 def register(app: typer.Typer) -> None:

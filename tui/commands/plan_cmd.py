@@ -106,18 +106,23 @@ def _hours(hours: float | None) -> str:
 def _render(report: PlanReport, data_note: str = "") -> None:
     from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     from planner.core import METHOD_LABELS
 
     r = report.request
     spec = report.model
-    head = f"model [bold]{escape(spec.name)}[/] ({_params(spec.total_params)} params)"
+    from tui.widgets.format import one_line
+
+    head = Text.assemble(
+        "model ", (one_line(spec.name), "bold"), f" ({_params(spec.total_params)} params)"
+    )
     if report.gpu is not None:
         price = report.gpu.price_usd_per_h
-        head += f"   gpu {r.num_gpus}x {escape(report.gpu.name)} ({report.gpu.memory_gib:.1f} GiB"
-        head += f", ${price:.2f}/h)" if price is not None else ")"
+        head.append(f"   gpu {r.num_gpus}x {report.gpu.name} ({report.gpu.memory_gib:.1f} GiB")
+        head.append(f", ${price:.2f}/h)" if price is not None else ")")
     else:
-        head += f"   gpu: none detected or named (times on one {report.speed_gpu})"
+        head.append(f"   gpu: none detected or named (times on one {report.speed_gpu})")
     common.console.print(head)
     common.console.print(
         f"{r.trainer}  seq {r.seq_len}  micro-batch {r.micro_batch}  accum {r.grad_accum}  "
@@ -147,12 +152,13 @@ def _render(report: PlanReport, data_note: str = "") -> None:
     for o in report.options:
         label = SHORT[o.method]
         if o.fits is None:
-            verdict = "-"
+            verdict = Text("-")
         elif o.fits:
-            verdict = "[green]fits[/]" + (" ★" if o.method == report.recommended else "")
+            verdict = Text("fits", "green")
+            verdict.append(" ★" if o.method == report.recommended else "")
         else:
-            verdict = "[red]no fit[/]"
-        cells = [label]
+            verdict = Text("no fit", "red")
+        cells: list[str | Text] = [label]
         if report.gpu is not None:
             cells.append(_bar(o.device_peak_gib, report.gpu.memory_gib))
         cells += [
@@ -173,7 +179,9 @@ def _render(report: PlanReport, data_note: str = "") -> None:
             f"{name} {value:.2f}" for name, value in o.breakdown.items() if abs(value) >= 0.005
         ]
         common.console.print(
-            f"[dim]breakdown ({METHOD_LABELS[o.method]}, GiB):[/] " + " · ".join(parts)
+            Text.assemble(
+                (f"breakdown ({METHOD_LABELS[o.method]}, GiB):", "dim"), " " + " · ".join(parts)
+            )
         )
         steps = " · ".join(
             f"{name} {value:.3f}" for name, value in o.step_breakdown_s.items() if value >= 5e-4

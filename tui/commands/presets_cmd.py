@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
 from rich.syntax import Syntax
 from rich.table import Table
+from rich.text import Text
 
 from tui.commands.common import console, fail, print_json
+from tui.widgets.format import one_line
 
 presets_app = typer.Typer(
     help="List, show and create run presets.", invoke_without_command=True, no_args_is_help=False
@@ -69,12 +72,13 @@ def presets_list(
         user = " (user)" if e.source == "user" else ""
         if e.preset is None:
             first = e.error.lines[0] if e.error else "invalid"
-            table.add_row(e.name + user, "[red]invalid[/]", first, *([""] if wide else []))
+            name, problem = one_line(e.name + user), one_line(first)
+            table.add_row(name, Text("invalid", "red"), problem, *([""] if wide else []))
             continue
         p = e.preset
         gpus = f" {p.launch.num_gpus}x {p.launch.strategy}" if p.launch.num_gpus > 1 else ""
-        row = [p.name + user, f"{p.trainer} {p.method}{gpus}", shown_path(p.model)]
-        table.add_row(*row, *([p.description] if wide else []))
+        row = [p.name + user, f"{p.trainer} {p.method}{gpus}", one_line(shown_path(p.model))]
+        table.add_row(*row, *([one_line(p.description)] if wide else []))
     console.print(table)
 
 
@@ -94,9 +98,15 @@ def presets_show(
     if as_json:
         print_json(preset.model_dump(mode="json"))
         return
-    console.print(
-        Syntax(preset_to_yaml(preset), "yaml", theme="ansi_dark", background_color="default")
-    )
+    text = preset_to_yaml(preset)
+    if not console.is_terminal:
+        # Piped or redirected: exactly the YAML, every line whole, to be saved or parsed.
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    # Coloured, and soft-wrapped: a long line is folded by the terminal, not cut or broken.
+    syntax = Syntax(text, "yaml", theme="ansi_dark", background_color="default")
+    console.print(syntax.highlight(text), soft_wrap=True, end="")
 
 
 @presets_app.command("new")
@@ -116,7 +126,7 @@ def presets_new(
         path = save_user_preset(preset, overwrite=force)
     except PresetError as exc:
         fail(exc.lines)
-    console.print(f"saved [bold]{preset.name}[/] to {path}")
+    console.print(Text.assemble("saved ", (preset.name, "bold"), f" to {path}"))
 
 
 def register(app: typer.Typer) -> None:

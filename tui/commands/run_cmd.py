@@ -14,7 +14,15 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from tui.commands.common import EXIT_FAILED, console, err_console, fail, print_json
+from tui.commands.common import (
+    EXIT_FAILED,
+    console,
+    fail,
+    print_json,
+    print_problem,
+    print_warning,
+)
+from tui.widgets.format import one_line
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -35,7 +43,25 @@ def _store(runs_dir: str | None) -> RunStore:
     from presets import locations
     from runner.runs import RunStore
 
-    return RunStore(locations.runs_dir(runs_dir))
+    root = locations.runs_dir(runs_dir)
+    if root.exists() and not root.is_dir():
+        fail([f"runs folder {root}: not a folder; choose another with --runs-dir or TUNEDECK_RUNS"])
+    return RunStore(root)
+
+
+def _distributed_problems(nnodes: int, node_rank: int, master_port: int) -> list[str]:
+    """The multi-machine flags checked before anything starts (torchrun would fail on them
+    only after the run folder exists, or wait for a machine that is never coming)."""
+    problems = []
+    if nnodes < 1:
+        problems.append(f"--nnodes must be 1 or more, got {nnodes}")
+    elif not 0 <= node_rank < nnodes:
+        problems.append(
+            f"--node-rank must be from 0 to {nnodes - 1} with --nnodes {nnodes}, got {node_rank}"
+        )
+    if not 1 <= master_port <= 65535:
+        problems.append(f"--master-port must be a TCP port from 1 to 65535, got {master_port}")
+    return problems
 
 
 def _duration(seconds: float | None) -> str:
@@ -78,17 +104,20 @@ def _launch(
         fail(exc.lines)
     _ensure_demo_files(preset, as_json)
     dist = Distributed(
-        nnodes=nnodes or preset.launch.nnodes,
+        nnodes=preset.launch.nnodes if nnodes is None else nnodes,
         node_rank=node_rank,
         master_addr=master_addr,
         master_port=master_port,
     )
+    problems = _distributed_problems(dist.nnodes, dist.node_rank, dist.master_port)
+    if problems:
+        fail(problems)
     root = locations.runs_dir(runs_dir)
     try:
         if as_json:
             result = launch(root, preset, name, force, auto_resume or None, dist)
         else:
-            with console.status("checking the preset, the data and the fit..."):
+            with console.status("checking the preset, the data, TRL's arguments and the fit..."):
                 result = launch(root, preset, name, force, auto_resume or None, dist)
     except RunError as exc:
         fail(exc.lines)
@@ -117,7 +146,7 @@ def _print_launched(result: LaunchResult, as_json: bool, headline: str) -> None:
         print_json(result.to_json())
         return
     for line in result.warnings:
-        err_console.print("[yellow]warning:[/] ", Text(line), sep="", markup=True, soft_wrap=True)
+        print_warning(line)
     console.print(f"{headline}  (pid {result.pid})", markup=False)
     console.print(f"folder  {result.run_dir}")
     console.print(f"follow  tunedeck watch {result.run_id}  (or: tunedeck logs {result.run_id} -f)")
@@ -132,7 +161,12 @@ SetOption = Annotated[
     typer.Option("--set", help="Override a preset field, e.g. training.max_steps=40. Repeatable."),
 ]
 ForceOption = Annotated[
-    bool, typer.Option("--force", help="Launch even when the planner says it does not fit.")
+    bool,
+    typer.Option(
+        "--force",
+        help="Launch even when the planner says it does not fit, or when no GPU is found and "
+        "the model is too large for the CPU.",
+    ),
 ]
 AutoResumeOption = Annotated[
     bool,
@@ -221,9 +255,9 @@ def _row(s: RunSummary) -> dict[str, str]:
     if status == "interrupted" and st.stopped_by_user:
         status = "interrupted (stopped)"
     elif status == "failed" and st.failure_reason:
-        status = f"failed: {shorten(st.failure_reason, 40, placeholder='…')}"
+        status = f"failed: {shorten(one_line(st.failure_reason), 40, placeholder='…')}"
     cells = (
-        s.run_id,
+        one_line(s.run_id),
         status,
         step,
         f"{s.last_loss:.4f}" if s.last_loss is not None else "-",
@@ -362,7 +396,7 @@ def stop(
     except RunError as exc:
         fail(exc.lines)
     for line in warnings:
-        err_console.print(Text.assemble(("warning: ", "yellow"), line), soft_wrap=True)
+        print_warning(line)
     if now:
         from tui.run_messages import killed_text, newest_complete_checkpoint
 
@@ -372,10 +406,11 @@ def stop(
     if no_wait:
         console.print(Text(f"asked {before.run_id} to stop (checkpoint first)"))
         return
-    with console.status(f"{before.run_id}: writing a checkpoint and stopping..."):
+    # A status given a str reads it as markup whatever the console says.
+    with console.status(Text(f"{before.run_id}: writing a checkpoint and stopping...")):
         wait_until_gone(before.state, run_dir, timeout_s=900)
     for line in settle_stopped(run_dir):
-        err_console.print(Text.assemble(("warning: ", "yellow"), line), soft_wrap=True)
+        print_warning(line)
     after = store.get(run_dir)
     console.print(
         Text(
@@ -438,7 +473,7 @@ def resume(
         if not results:
             console.print("no interrupted runs to resume")
         for line in problems:
-            err_console.print(f"[bold red]error:[/] {line}", markup=True)
+            print_problem(line)
     if problems:
         raise typer.Exit(EXIT_FAILED)
 

@@ -16,7 +16,7 @@ from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Static
 from textual.worker import Worker, WorkerState
 
-from tui.widgets.format import count, duration, money, number
+from tui.widgets.format import count, duration, money, number, one_line
 from tui.widgets.gpu_pane import GpuPanel, HostLine
 from tui.widgets.telemetry import Telemetry
 
@@ -52,7 +52,7 @@ def _step_text(step: int, max_steps: int | None) -> str:
 def runs_layout(summaries: list[Any], width: int) -> tuple[Column, ...]:
     """The runs list's columns for a screen `width` cells wide: the id as wide as the longest,
     then status and step, then loss, ETA and spent while they fit."""
-    id_w = max([len("run"), *(len(s.run_id) for s in summaries)])
+    id_w = max([len("run"), *(len(one_line(s.run_id)) for s in summaries)])
     # As wide as "total/total": the column does not jump as a run counts up.
     step_w = max(
         [
@@ -91,7 +91,7 @@ def run_row(summary: Any, layout: tuple[Column, ...]) -> tuple[Text, ...]:
     cells: dict[str, Text] = {}
     for _, key, width in layout:
         if key == "run":
-            cells[key] = Text(summary.run_id, no_wrap=True, overflow="ellipsis")
+            cells[key] = Text(one_line(summary.run_id), no_wrap=True, overflow="ellipsis")
         elif key == "status":
             status = Text(state.status, STATUS_STYLE.get(state.status, ""))
             if state.status == "interrupted" and width >= STATUS_W:

@@ -164,7 +164,7 @@ class LaunchScreen(Screen[None]):
     def _check(self, preset: Any) -> None:
         self.preflight = None
         self.query_one("#launch-preflight", Static).update(
-            Text(f"checking {preset.name}: model, data and fit…", "dim")
+            Text(f"checking {preset.name}: model, data, TRL arguments and fit…", "dim")
         )
         self.query_one("#launch-title", Static).update(Text(f"new run ─ {preset.name}"))
         self._run_preflight(preset)

@@ -21,7 +21,16 @@ from textual.widgets import Footer, Input, Static
 
 from tui.screens.confirm import ConfirmScreen
 from tui.widgets.charts import LossChart, gpu_history_text
-from tui.widgets.format import bar, count, duration, fit_variants, money, number
+from tui.widgets.format import (
+    bar,
+    count,
+    duration,
+    fit_variants,
+    money,
+    number,
+    one_line,
+    printable,
+)
 from tui.widgets.log_file import LogLine
 from tui.widgets.log_pane import PAGE_LOAD_LINES, LogPane
 from tui.widgets.metrics_model import RunMetrics
@@ -53,7 +62,7 @@ def header_text(summary: Any, width: int) -> Text:
     fraction = state.step / total if total else None
     # (rank, variants from longest to shortest) in display order; higher ranks give way first.
     parts: list[tuple[int | tuple[int, ...], list[str]]] = [
-        (0, [summary.run_id]),
+        (0, [one_line(summary.run_id)]),
         (0, [state.status]),
         (6, ["([r] resumes)"] if state.status == "interrupted" else []),
         (1, [f"step {count(state.step)}/{count(total) if total else '?'}"]),
@@ -92,7 +101,7 @@ def failure_text(summary: Any) -> Text | None:
     state = summary.state
     if state.status != "failed" or not state.failure_reason:
         return None
-    return Text(f"failed: {state.failure_reason}", "bold red")
+    return Text(f"failed: {printable(state.failure_reason)}", "bold red")
 
 
 def stats_text(metrics: RunMetrics, summary: Any | None) -> Text:
@@ -318,7 +327,7 @@ class MonitorScreen(Screen[None]):
         elif message.kind == "search":
             if not message.lines:
                 pane.loading = False
-                self.notify(f"not found: {self._search}", severity="warning")
+                self.notify(f"not found: {self._search}", severity="warning", markup=False)
                 return
             pane.show_window(message.lines, message.first_index, self._search)
 
@@ -412,7 +421,9 @@ class MonitorScreen(Screen[None]):
         try:
             store.stop(self.summary.run_id if self.summary else self.run)
         except RunError as exc:
-            self.app.call_from_thread(self.notify, "\n".join(exc.lines), severity="error")
+            self.app.call_from_thread(
+                self.notify, "\n".join(exc.lines), severity="error", markup=False
+            )
             return
         self.app.call_from_thread(self.notify, "stopping: saving a checkpoint first")
 

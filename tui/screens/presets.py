@@ -134,7 +134,7 @@ class PresetsScreen(Screen[None]):
         try:
             data = read_yaml(entry.path)
         except PresetError as exc:  # a file that vanished or broke since listing: say so
-            self.notify("\n".join(exc.lines), severity="error")
+            self.notify("\n".join(exc.lines), severity="error", markup=False)
             return
         self.query_one(PresetForm).load(data if isinstance(data, dict) else {})
         self.query_one("#presets-title", Static).update(
@@ -234,12 +234,12 @@ class PresetsScreen(Screen[None]):
     @on(Saved)
     def _saved(self, message: Saved) -> None:
         if message.error:
-            self.notify("\n".join(message.error), severity="error", timeout=8)
+            self.notify("\n".join(message.error), severity="error", timeout=8, markup=False)
             self.query_one("#presets-status", Static).update(
                 Text("not saved: " + "; ".join(message.error), "bold red")
             )
             return
-        self.notify(f"saved {message.path}")
+        self.notify(f"saved {message.path}", markup=False)
         self.query_one("#presets-status", Static).update(Text(f"saved {message.path}", "green"))
         self.select = self.preset.name if self.preset is not None else None
         self.initial = {}  # keep the form as it is

@@ -1,9 +1,38 @@
-"""Short text for numbers and paths: GiB, durations, money, bars, preset paths. Pure functions,
-no Textual."""
+"""Short text for numbers (GiB, durations, money, bars), preset paths, and user or file text made
+safe for a terminal. Pure functions, no Textual."""
 
 from __future__ import annotations
 
+import re
+
 GIB = 1024**3
+
+# C0 and C1 control characters; an escape sequence in a run's failure reason or a log line
+# would otherwise clear the screen, retitle the terminal or draw a fake line.
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+_IN_LINES = {**_CONTROLS, ord("\t"): " ", ord("\n"): "\n"}
+_ONE_LINE = {**_CONTROLS, ord("\t"): " ", ord("\n"): "\\n", ord("\r"): "\\r"}
+_ESCAPE_SEQUENCE = re.compile(
+    r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])"
+)
+
+
+def one_line(text: str) -> str:
+    """Text for one line of the screen: every control character (line breaks included) shown
+    as an escape such as `\\x1b` or `\\n`."""
+    return text.translate(_ONE_LINE)
+
+
+def printable(text: str) -> str:
+    """Text that may run over several lines: line breaks kept, other control characters shown
+    as escapes."""
+    return text.translate(_IN_LINES)
+
+
+def log_text(line: str) -> str:
+    """A log line for the screen: terminal escape sequences (a library's colours) dropped,
+    other control characters shown as escapes."""
+    return _ESCAPE_SEQUENCE.sub("", line).translate(_ONE_LINE)
 
 
 def gib(value_bytes: int | float | None, digits: int = 1) -> str:

@@ -72,7 +72,7 @@ class GpuCard(Static):
         self._set_title()
 
     def _set_title(self) -> None:
-        self.border_title = f"GPU {self.gpu.index}  {self.gpu.name}"
+        self.border_title = Text(f"GPU {self.gpu.index}  {self.gpu.name}")
 
     def show(self, gpu: GpuInfo) -> None:
         self.gpu = gpu

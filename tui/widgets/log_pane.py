@@ -14,6 +14,7 @@ from textual.binding import Binding, BindingType
 from textual.message import Message
 from textual.widget import Widget
 
+from tui.widgets.format import log_text
 from tui.widgets.log_file import LogLine
 
 MAX_LINES = 5000
@@ -178,7 +179,8 @@ class LogPane(Widget, can_focus=True):
         mode = "following" if self.follow else "scrolled · end follows"
         if self.highlight:
             mode += f" · /{self.highlight}"
-        self.border_title = f"{self.path_label} ({mode})"
+        # A str title is read as markup; the search text is whatever was typed.
+        self.border_title = Text(f"{self.path_label} ({mode})")
 
     # ------------------------------------------------------------------ drawing
 
@@ -198,7 +200,8 @@ class LogPane(Widget, can_focus=True):
             return Text("(the log is empty so far)", style="dim")
         out = Text(no_wrap=True, overflow="ellipsis")
         needle = (self.highlight or "").lower()
-        for i, line in enumerate(shown):
+        for i, raw in enumerate(shown):
+            line = log_text(raw)
             if i:
                 out.append("\n")
             if needle and needle in line.lower():

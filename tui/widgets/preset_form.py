@@ -20,6 +20,8 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import Input, Label, Select, Static, TextArea
 
+from presets import yaml_io
+
 ALL_LINEAR = "all-linear"
 
 
@@ -103,7 +105,7 @@ def to_text(spec: FieldSpec, value: Any) -> str:
     if value is None:
         return ""
     if spec.kind == "yaml":
-        return yaml.safe_dump(value, sort_keys=False, width=80) if value else ""
+        return yaml_io.dump(value, width=80) if value else ""
     if spec.kind == "modules":
         return value if isinstance(value, str) else ", ".join(value)
     if spec.kind == "bool":
@@ -128,7 +130,7 @@ def from_text(spec: FieldSpec, text: str) -> tuple[bool, Any]:
         return True, [m.strip() for m in stripped.strip("[]").split(",") if m.strip()]
     try:
         # Numbers and the training mapping are typed as YAML, as with `--set`.
-        return True, yaml.safe_load(stripped)
+        return True, yaml_io.load(stripped)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark else ""
