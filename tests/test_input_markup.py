@@ -166,7 +166,7 @@ async def test_app_shows_a_failed_run_with_brackets_and_searches_them(tmp_path: 
     async with app.run_test(size=(110, 30), notifications=True) as pilot:
         assert await shows(pilot, "broken-1", "fine-1", "failed")
         app.open_monitor("broken-1")
-        assert await shows(pilot, f"failed ({BAD})")
+        assert await shows(pilot, f"failed: {BAD}")  # the reason, in full, under the header
         # Search text is typed by the user and lands in the pane's title and in notices.
         await pilot.press("slash", *"[/x] boom", "enter")
         pane = app.screen.query_one(LogPane)

@@ -157,6 +157,6 @@ async def test_the_monitor_shows_escapes_and_drops_log_colours(tmp_path: Path) -
     failed_run(root, "nasty", "\x1b[2Jboom", log="\x1b[32mgreen line\x1b[0m\nplain line\n")
     app = make_app(two_h100s(), root, store=RunStore(root), watch_run="nasty")
     async with app.run_test(size=(110, 30)) as pilot:
-        assert await shows(pilot, "failed (\\x1b[2Jboom)", "green line", "plain line")
+        assert await shows(pilot, "failed: \\x1b[2Jboom", "green line", "plain line")
         pane = app.screen.query_one(LogPane)
         assert await wait_for(pilot, lambda: "\x1b" not in pane.render().plain)

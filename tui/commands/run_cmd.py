@@ -7,7 +7,6 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from textwrap import shorten
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -248,6 +247,14 @@ RUNS_DROP_ORDER = ("elapsed", "cost", "ETA", "loss")
 COLUMN_GAP = 2  # the table's padding: one space each side of a column, none at the edges
 
 
+def _clip(text: str, width: int) -> str:
+    """At most `width` characters, cut at a space where one is near the end, else mid-word."""
+    if len(text) <= width:
+        return text
+    cut = text.rfind(" ", width // 2, width)
+    return text[: cut if cut > 0 else width - 1].rstrip() + "…"
+
+
 def _row(s: RunSummary) -> dict[str, str]:
     st = s.state
     step = f"{st.step}/{st.max_steps}" if st.max_steps else str(st.step)
@@ -255,7 +262,7 @@ def _row(s: RunSummary) -> dict[str, str]:
     if status == "interrupted" and st.stopped_by_user:
         status = "interrupted (stopped)"
     elif status == "failed" and st.failure_reason:
-        status = f"failed: {shorten(one_line(st.failure_reason), 40, placeholder='…')}"
+        status = f"failed: {_clip(one_line(st.failure_reason), 40)}"
     cells = (
         one_line(s.run_id),
         status,
