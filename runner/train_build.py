@@ -169,6 +169,14 @@ def build_model(preset: Preset, model_path: str) -> Any:
     return model
 
 
+def load_tokenizer(model_path: str) -> Any:
+    """The base model's tokenizer (and chat template), padding with EOS when it has no pad."""
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def lora_config(preset: Preset) -> Any:
     if preset.method == "full":
         return None
@@ -196,9 +204,7 @@ def build_trainer(
     if eval_data is None and args.eval_strategy != "no":
         print("tunedeck: no eval data; evaluation is turned off", flush=True)
         args.eval_strategy = "no"
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(model_path)
     model = build_model(preset, model_path)
     common: dict[str, Any] = {
         "model": model,

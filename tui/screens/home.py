@@ -54,6 +54,7 @@ class HomeScreen(Screen[None]):
         Binding("n", "app.open_launch", "new run"),
         Binding("enter", "watch", "watch", show=False),
         Binding("r", "resume", "resume"),
+        Binding("v", "evaluate", "eval"),
         Binding("q", "app.quit", "quit"),
     ]
 
@@ -178,6 +179,13 @@ class HomeScreen(Screen[None]):
         summary = self._selected()
         if summary is not None:
             self.app.open_monitor(summary.run_id)  # type: ignore[attr-defined]
+
+    def action_evaluate(self) -> None:
+        summary = self._selected()
+        if summary is None:
+            self.notify("no run selected", severity="warning")
+            return
+        self.app.open_eval(summary.run_id)  # type: ignore[attr-defined]
 
     def action_resume(self) -> None:
         summary = self._selected()

@@ -108,6 +108,7 @@ class MonitorScreen(Screen[None]):
         Binding("s", "stop", "stop"),
         Binding("r", "resume", "resume"),
         Binding("l", "full_log", "full log"),
+        Binding("v", "evaluate", "eval"),
         Binding("slash", "search", "search"),
         Binding("n", "search_next", "next match", show=False),
         Binding("b,escape", "back", "back"),
@@ -386,6 +387,9 @@ class MonitorScreen(Screen[None]):
             self.app.call_from_thread(self.notify, "\n".join(exc.lines), severity="error")
             return
         self.app.call_from_thread(self.notify, "stopping: saving a checkpoint first")
+
+    def action_evaluate(self) -> None:
+        self.app.open_eval(self.summary.run_id if self.summary else self.run)  # type: ignore[attr-defined]
 
     def action_resume(self) -> None:
         run_id = self.summary.run_id if self.summary is not None else self.run
