@@ -11,6 +11,9 @@ training stack) and waits for it; the worker writes, atomically, into the run fo
                   generations (greedy and seeded sampling) side by side;
 - `eval.log`      what the libraries printed (the place to look when the evaluation fails).
 
+During training, `evaluation.samples_every_steps` has the training process append its sample
+answers to `train_samples.jsonl` (one line per prompt and step; `runner.train_eval_callbacks`).
+
 This module names, reads and writes those files; it imports no training library.
 """
 
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
 EVAL_FILE = "eval.json"
 SAMPLES_FILE = "samples.jsonl"
 EVAL_LOG_FILE = "eval.log"
+TRAIN_SAMPLES_FILE = "train_samples.jsonl"
 MERGED_DIR = "merged"  # what `tunedeck merge` writes by default (runner.merge)
 
 # Exit code of a worker that refused with a reason it reported (bad data, no model...).

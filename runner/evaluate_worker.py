@@ -153,6 +153,50 @@ def end_of_turn(tokenizer: Any) -> str | None:
     return after.split()[0] if after else None
 
 
+def generate_answer(
+    model: Any,
+    tokenizer: Any,
+    prompt: Any,
+    max_length: int,
+    max_new_tokens: int,
+    stop: str | None,
+    sample: tuple[int, float, float] | None = None,
+) -> str:
+    """The model's answer to `prompt` (a conversation through the chat template, or a string),
+    greedy, or sampled when `sample` gives (seed, temperature, top_p); cut at `stop`."""
+    import torch
+
+    if isinstance(prompt, str):
+        inputs = tokenizer(prompt, return_tensors="pt")
+    else:
+        inputs = tokenizer.apply_chat_template(
+            prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+    ids = inputs["input_ids"][:, -max_length:]
+    mask = inputs["attention_mask"][:, -max_length:]
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": max_new_tokens,
+        "pad_token_id": tokenizer.pad_token_id,
+        "do_sample": sample is not None,
+    }
+    if sample is not None:
+        seed, temperature, top_p = sample
+        torch.manual_seed(seed)
+        kwargs.update(temperature=temperature, top_p=top_p)
+    else:
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    if stop:
+        kwargs.update(stop_strings=[stop], tokenizer=tokenizer)
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=ids.to(model.device), attention_mask=mask.to(model.device), **kwargs
+        )
+    text = tokenizer.decode(out[0][ids.shape[1] :], skip_special_tokens=True)
+    if stop and stop in text:
+        text = text.split(stop, 1)[0]
+    return str(text).strip()
+
+
 class Evaluator:
     """Loss and generations of one model after another, on the same data and arguments."""
 
@@ -197,37 +241,15 @@ class Evaluator:
         }
 
     def generate(self, model: Any, prompt: Any, seed: int, sample: bool) -> str:
-        import torch
-
-        tok = self.tokenizer
-        if isinstance(prompt, str):
-            inputs = tok(prompt, return_tensors="pt")
-        else:
-            inputs = tok.apply_chat_template(
-                prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True
-            )
-        ids = inputs["input_ids"][:, -self.max_length :]
-        mask = inputs["attention_mask"][:, -self.max_length :]
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": self.options.max_new_tokens,
-            "pad_token_id": tok.pad_token_id,
-            "do_sample": sample,
-        }
-        if sample:
-            torch.manual_seed(seed)
-            kwargs.update(temperature=self.options.temperature, top_p=self.options.top_p)
-        else:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
-        if self.stop:
-            kwargs.update(stop_strings=[self.stop], tokenizer=tok)
-        with torch.no_grad():
-            out = model.generate(
-                input_ids=ids.to(model.device), attention_mask=mask.to(model.device), **kwargs
-            )
-        text = tok.decode(out[0][ids.shape[1] :], skip_special_tokens=True)
-        if self.stop and self.stop in text:
-            text = text.split(self.stop, 1)[0]
-        return str(text).strip()
+        return generate_answer(
+            model,
+            self.tokenizer,
+            prompt,
+            max_length=self.max_length,
+            max_new_tokens=self.options.max_new_tokens,
+            stop=self.stop,
+            sample=(seed, self.options.temperature, self.options.top_p) if sample else None,
+        )
 
     def generations(
         self, model: Any, prompts: list[dict[str, Any]], label: str, report: Reporter

@@ -74,6 +74,9 @@ def training_arguments(preset: Preset, run_dir: Path, world_size: int) -> Any:
         # Each machine keeps its own run folder: each needs whole checkpoints to resume from.
         args.setdefault("save_on_each_node", True)
     _distributed_strategy(preset, args)
+    from runner.train_eval_callbacks import evaluation_arguments
+
+    args.update(evaluation_arguments(preset, args))
     config_cls = DPOConfig if preset.trainer == "dpo" else SFTConfig
     return config_cls(**args)
 
@@ -201,6 +204,12 @@ def build_trainer(
     model_path = locations.expand(preset.model)
     train_data, eval_data = load_data(preset)
     args = training_arguments(preset, run_dir, world_size)
+    from runner.train_eval_callbacks import EvaluationSetupError, evaluation_callbacks
+
+    try:
+        callbacks = [*callbacks, *evaluation_callbacks(preset, run_dir, eval_data, world_size)]
+    except EvaluationSetupError as exc:
+        raise BuildFailure(str(exc)) from None
     if eval_data is None and args.eval_strategy != "no":
         print("tunedeck: no eval data; evaluation is turned off", flush=True)
         args.eval_strategy = "no"

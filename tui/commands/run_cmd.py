@@ -200,10 +200,14 @@ def _row(s: RunSummary) -> list[str]:
 
 def runs(runs_dir: RunsDirOption = None, as_json: JsonOption = False) -> None:
     """List runs, newest first (a run whose process is gone shows as interrupted)."""
+    from runner.curves import run_signals
+
     store = _store(runs_dir)
     summaries = store.list()
+    signals = {s.run_id: run_signals(s.run_dir, s.state) for s in summaries}
     if as_json:
-        print_json({"runs_dir": str(store.root), "runs": [s.to_json() for s in summaries]})
+        listed = [{**s.to_json(), **signals[s.run_id]} for s in summaries]
+        print_json({"runs_dir": str(store.root), "runs": listed})
         return
     if not summaries:
         console.print(f"no runs under {store.root}; start one with `tunedeck demo`")
@@ -214,6 +218,17 @@ def runs(runs_dir: RunsDirOption = None, as_json: JsonOption = False) -> None:
     for s in summaries:
         table.add_row(*_row(s))
     console.print(table)
+    for s in summaries:
+        found = signals[s.run_id]
+        if found["early_stopped"]:
+            console.print(Text(f"{s.run_id}: {found['early_stopped']}"), soft_wrap=True)
+        if found["overfitting"]:
+            console.print(
+                Text.assemble(
+                    (f"{s.run_id}: warning: ", "yellow"), found["overfitting"]["message"]
+                ),
+                soft_wrap=True,
+            )
 
 
 def logs(
