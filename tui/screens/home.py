@@ -28,15 +28,16 @@ STATUS_STYLE = {
 RUNS_REFRESH_S = 2.0
 
 
-def run_row(summary: Any) -> tuple[Text, ...]:
-    """The cells of one run in the runs list; the status is a word, colour only adds to it."""
+def run_row(summary: Any, marked: bool = False) -> tuple[Text, ...]:
+    """The cells of one run in the runs list; the status is a word, colour only adds to it.
+    A run marked for comparison starts with `+`."""
     state = summary.state
     status = Text(state.status, STATUS_STYLE.get(state.status, ""))
     if state.status == "interrupted":
         status.append(" (r)", "bold")
     max_steps = count(state.max_steps) if state.max_steps else "?"
     return (
-        Text(summary.run_id, no_wrap=True, overflow="ellipsis"),
+        Text(("+ " if marked else "") + summary.run_id, no_wrap=True, overflow="ellipsis"),
         status,
         Text(f"{count(state.step)}/{max_steps}", justify="right"),
         Text(number(summary.last_loss), justify="right"),
@@ -55,6 +56,8 @@ class HomeScreen(Screen[None]):
         Binding("enter", "watch", "watch", show=False),
         Binding("r", "resume", "resume"),
         Binding("v", "evaluate", "eval"),
+        Binding("space", "mark", "mark", show=False),
+        Binding("c", "compare", "compare"),
         Binding("q", "app.quit", "quit"),
     ]
 
@@ -89,6 +92,7 @@ class HomeScreen(Screen[None]):
         ):
             table.add_column(label, key=key, width=width)
         self._summaries: dict[str, Any] = {}
+        self._marked: list[str] = []
         self.app.telemetry_signal.subscribe(self, self._title)  # type: ignore[attr-defined]
         tel = self.app.telemetry  # type: ignore[attr-defined]
         self._title(tel)
@@ -155,13 +159,13 @@ class HomeScreen(Screen[None]):
             )
             table.clear()
             for s in message.summaries:
-                table.add_row(*run_row(s), key=s.run_id)
+                table.add_row(*run_row(s, s.run_id in self._marked), key=s.run_id)
             if cursor_key in wanted:
                 table.move_cursor(row=wanted.index(cursor_key))
             return
         columns = ("run", "status", "step", "loss", "eta", "spent")
         for s in message.summaries:
-            for column, cell in zip(columns, run_row(s), strict=True):
+            for column, cell in zip(columns, run_row(s, s.run_id in self._marked), strict=True):
                 table.update_cell(s.run_id, column, cell)
 
     def _selected(self) -> Any | None:
@@ -179,6 +183,29 @@ class HomeScreen(Screen[None]):
         summary = self._selected()
         if summary is not None:
             self.app.open_monitor(summary.run_id)  # type: ignore[attr-defined]
+
+    def action_mark(self) -> None:
+        """Mark (or unmark) the selected run for a comparison."""
+        summary = self._selected()
+        if summary is None:
+            return
+        if summary.run_id in self._marked:
+            self._marked.remove(summary.run_id)
+        else:
+            self._marked.append(summary.run_id)
+        table = self.query_one("#runs", DataTable)
+        marked = summary.run_id in self._marked
+        table.update_cell(summary.run_id, "run", run_row(summary, marked)[0])
+        self.notify(f"{len(self._marked)} marked · c compares them", timeout=2)
+
+    def action_compare(self) -> None:
+        known = [r for r in self._marked if r in self._summaries]
+        if len(known) < 2:
+            self.notify(
+                "mark two or more runs with space, then c compares them", severity="warning"
+            )
+            return
+        self.app.open_compare(known)  # type: ignore[attr-defined]
 
     def action_evaluate(self) -> None:
         summary = self._selected()
