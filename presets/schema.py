@@ -126,6 +126,29 @@ class LaunchSpec(_Strict):
         return self
 
 
+class EvaluationSpec(_Strict):
+    """What happens at the evaluations during training (`training.eval_strategy`), and sample
+    answers written while it trains."""
+
+    early_stopping_patience: int | None = Field(default=None, ge=1)
+    """Stop when the eval loss has not improved for this many evaluations in a row; the best
+    checkpoint then becomes the run's output. Needs eval data and `training.eval_strategy` steps
+    or epoch, with checkpoints at the evaluations. Unset: no early stopping."""
+
+    early_stopping_threshold: float = Field(default=0.0, ge=0.0)
+    """How much lower the eval loss must be to count as an improvement, in loss units."""
+
+    samples_every_steps: int | None = Field(default=None, ge=1)
+    """Every this many optimizer steps, the model answers a few held-out prompts (greedy) into
+    the run folder's train_samples.jsonl, shown in the monitor. Unset: no samples."""
+
+    sample_prompts: int = Field(default=3, ge=1, le=32)
+    """Held-out prompts answered at each sample step (the first rows of the eval data)."""
+
+    sample_max_new_tokens: int = Field(default=48, ge=1)
+    """Longest sample answer, in tokens."""
+
+
 class Preset(_Strict):
     """A complete, launchable fine-tuning run."""
 
@@ -163,6 +186,9 @@ class Preset(_Strict):
     launch: LaunchSpec = Field(default_factory=LaunchSpec)
     """Process launch: GPU count, distributed strategy, auto-resume."""
 
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    """Early stopping and sample answers during training."""
+
     gpu: str | None = None
     """GPU this preset is planned for (catalogue name such as `RTX 4090`); the detected GPU
     is used when it is not set."""
@@ -198,3 +224,71 @@ class Preset(_Strict):
                 {"summary": "; ".join(f"{k}: {m}" for k, m in problems), "problems": problems},
             )
         return value
+
+    @model_validator(mode="after")
+    def _early_stopping_needs(self) -> Preset:
+        problems = early_stopping_problems(self.evaluation, self.training)
+        if problems:
+            raise PydanticCustomError(
+                "field_problems",
+                "{summary}",
+                {"summary": "; ".join(f"{k}: {m}" for k, m in problems), "problems": problems},
+            )
+        return self
+
+
+# TrainingArguments' defaults, which the checks below must assume when a preset leaves them out.
+_DEFAULT_SAVE_STEPS = 500
+_DEFAULT_LOGGING_STEPS = 10
+
+
+def early_stopping_problems(
+    evaluation: EvaluationSpec, training: dict[str, Any]
+) -> list[tuple[str, str]]:
+    """(field, message) for each setting early stopping cannot work with. Early stopping keeps
+    the best checkpoint (transformers' `load_best_model_at_end`), so it needs evaluations, and a
+    checkpoint at each of them."""
+    if evaluation.early_stopping_patience is None:
+        return []
+    eval_strategy = training.get("eval_strategy", "no")
+    if eval_strategy not in ("steps", "epoch"):
+        return [
+            (
+                "training.eval_strategy",
+                "evaluation.early_stopping_patience needs evaluations during training: set "
+                f"training.eval_strategy to steps (with eval_steps) or epoch, got {eval_strategy!r}",
+            )
+        ]
+    problems = []
+    if training.get("load_best_model_at_end") is False:
+        problems.append(
+            (
+                "training.load_best_model_at_end",
+                "early stopping keeps the best checkpoint; leave this unset or true",
+            )
+        )
+    save_strategy = training.get("save_strategy", "steps")
+    if save_strategy not in (eval_strategy, "best"):
+        problems.append(
+            (
+                "training.save_strategy",
+                f"early stopping keeps the best checkpoint, so checkpoints must come with the "
+                f"evaluations: set it to {eval_strategy!r} (as training.eval_strategy) or 'best', "
+                f"got {save_strategy!r}",
+            )
+        )
+    elif save_strategy == "steps":
+        save_steps = training.get("save_steps", _DEFAULT_SAVE_STEPS)
+        eval_steps = training.get("eval_steps") or training.get(
+            "logging_steps", _DEFAULT_LOGGING_STEPS
+        )
+        whole = all(isinstance(v, int) or float(v).is_integer() for v in (save_steps, eval_steps))
+        if whole and eval_steps >= 1 and save_steps % eval_steps:
+            problems.append(
+                (
+                    "training.save_steps",
+                    f"must be a multiple of training.eval_steps ({eval_steps:g}) for early "
+                    f"stopping to keep the best checkpoint, got {save_steps:g}",
+                )
+            )
+    return problems

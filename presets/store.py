@@ -123,6 +123,8 @@ def _describe_error(err: Mapping[str, Any]) -> list[tuple[str, str]]:
     ctx = err.get("ctx") or {}
     if kind == "training_arguments":
         return [(f"training.{key}", msg) for key, msg in ctx["problems"]]
+    if kind == "field_problems":
+        return [(str(key), str(msg)) for key, msg in ctx["problems"]]
     if kind == "extra_forbidden":
         owner = _field_model(loc)
         allowed = ", ".join(owner.model_fields) if owner else ""

@@ -84,3 +84,63 @@ def _check_target(target: Path) -> None:
         raise RunError([f"--out {target}: its parent folder {parent} does not exist"])
     if not os.access(parent, os.W_OK | os.X_OK):
         raise RunError([f"--out {target}: cannot write into {parent}"])
+
+
+# ---------------------------------------------------------------- pushing to the Hub
+
+
+def hub_token_and_user(action: str) -> tuple[str, str]:
+    """The Hugging Face token (HF_TOKEN, or one saved by `hf auth login`) and the account it
+    belongs to, checked with the Hub before anything is merged; RunError saying why not."""
+    import httpx2
+    import huggingface_hub
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if constants.HF_HUB_OFFLINE:
+        raise RunError(
+            [f"HF_HUB_OFFLINE is set: {action} needs the network; unset it (nothing was done)"]
+        )
+    token = huggingface_hub.get_token()
+    if not token:
+        raise RunError(
+            [
+                f"no Hugging Face token: {action} needs HF_TOKEN set to a token with write "
+                "access (huggingface.co/settings/tokens); nothing was done"
+            ]
+        )
+    try:
+        user = huggingface_hub.whoami(token=token)
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else "?"
+        raise RunError(
+            [f"the Hub at {constants.ENDPOINT} refused the token (HTTP {status}); nothing was done"]
+        ) from None
+    except (OSError, httpx2.TransportError) as exc:  # no route, refused, timed out, DNS
+        raise RunError(
+            [f"cannot reach the Hub at {constants.ENDPOINT} ({exc}); nothing was done"]
+        ) from None
+    return token, str(user.get("name") or "?")
+
+
+def push_folder(folder: Path, repo_id: str, token: str, private: bool) -> str:
+    """Upload a model folder to a Hub model repo (made if missing); its URL."""
+    import httpx2
+    import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError
+
+    api = huggingface_hub.HfApi(token=token)
+    try:
+        url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        api.upload_folder(
+            folder_path=str(folder),
+            repo_id=repo_id,
+            repo_type="model",
+            commit_message="Upload model trained with tunedeck",
+        )
+    except HfHubHTTPError as exc:
+        first = (str(exc).strip().splitlines() or ["?"])[0]
+        raise RunError([f"--push {repo_id}: the Hub refused the upload ({first})"]) from None
+    except (OSError, httpx2.TransportError) as exc:
+        raise RunError([f"--push {repo_id}: the upload was cut off ({exc})"]) from None
+    return str(url)

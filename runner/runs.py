@@ -8,7 +8,9 @@ A run lives in `<runs root>/<run id>/`:
 - `train.log`     stdout and stderr of the training processes;
 - `checkpoints/checkpoint-N/` and `output/`;
 - `trainer.lock`  held by the run's one training process for its whole life (`runner.run_lock`);
-- `stop-requested` written by `tunedeck stop` before it signals the run.
+- `stop-requested` written by `tunedeck stop` before it signals the run;
+- `eval.json`, `samples.jsonl`, `eval.log` written by `tunedeck eval` (`runner.evaluate`);
+- `train_samples.jsonl` sample answers written during training (`evaluation.samples_every_steps`).
 
 Viewers (the CLI, the app, a later login on a new box) only read these files. A state that says
 `running` whose process is gone (killed, rebooted box, another machine's volume) is reported as

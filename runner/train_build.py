@@ -90,6 +90,9 @@ def training_argument_values(
         # Each machine keeps its own run folder: each needs whole checkpoints to resume from.
         args.setdefault("save_on_each_node", True)
     _distributed_strategy(preset, args)
+    from runner.train_eval_callbacks import evaluation_arguments
+
+    args.update(evaluation_arguments(preset, args))
     return args, notes
 
 
@@ -184,6 +187,14 @@ def build_model(preset: Preset, model_path: str) -> Any:
     return model
 
 
+def load_tokenizer(model_path: str) -> Any:
+    """The base model's tokenizer (and chat template), padding with EOS when it has no pad."""
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def lora_config(preset: Preset) -> Any:
     if preset.method == "full":
         return None
@@ -208,12 +219,16 @@ def build_trainer(
     model_path = locations.expand(preset.model)
     train_data, eval_data = load_data(preset)
     args = training_arguments(preset, run_dir, world_size)
+    from runner.train_eval_callbacks import EvaluationSetupError, evaluation_callbacks
+
+    try:
+        callbacks = [*callbacks, *evaluation_callbacks(preset, run_dir, eval_data, world_size)]
+    except EvaluationSetupError as exc:
+        raise BuildFailure(str(exc)) from None
     if eval_data is None and args.eval_strategy != "no":
         print("tunedeck: no eval data; evaluation is turned off", flush=True)
         args.eval_strategy = "no"
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(model_path)
     model = build_model(preset, model_path)
     common: dict[str, Any] = {
         "model": model,

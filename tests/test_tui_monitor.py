@@ -141,7 +141,8 @@ async def test_interrupted_and_rising_eval_read_as_words(tmp_path: Path) -> None
     make_run(root, "pre-1", pid=dead.pid, step=30, records=records)
     app = make_app(two_h100s(), root, store=RunStore(root), watch_run="pre-1")
     async with app.run_test(size=(100, 30)) as pilot:
-        assert await shows(pilot, "interrupted", "[r] resumes", "eval loss rising 1.900 → 2.050")
+        assert await shows(pilot, "interrupted", "[r] resumes", "eval loss rising since step 10")
+        assert await shows(pilot, "(1.900 → 2.050 at step 30)")
         await pilot.press("s")  # not running: nothing to stop, no dialog
         await pilot.pause()
         assert isinstance(app.screen, MonitorScreen)

@@ -131,6 +131,16 @@ class TunedeckApp(App[None]):
 
         self.push_screen(MonitorScreen(run_id))
 
+    def open_eval(self, run_id: str) -> None:
+        from tui.screens.evaluate import EvalScreen
+
+        self.push_screen(EvalScreen(run_id))
+
+    def open_compare(self, run_ids: list[str]) -> None:
+        from tui.screens.compare import CompareScreen
+
+        self.push_screen(CompareScreen(run_ids))
+
     def action_open_planner(self) -> None:
         from tui.screens.planner import PlannerScreen
 

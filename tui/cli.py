@@ -27,6 +27,8 @@ COMMAND_MODULES: dict[str, str] = {
     "stop": "tui.commands.run_cmd",
     "resume": "tui.commands.run_cmd",
     "merge": "tui.commands.run_cmd",
+    "eval": "tui.commands.eval_cmd",
+    "compare": "tui.commands.compare_cmd",
     "autostart": "tui.commands.run_cmd",
     "watch": "tui.commands.watch_cmd",
 }

@@ -321,15 +321,29 @@ def runs_table(summaries: list[RunSummary], width: int) -> RenderableType:
 
 def runs(runs_dir: RunsDirOption = None, as_json: JsonOption = False) -> None:
     """List runs, newest first (a run whose process is gone shows as interrupted)."""
+    from runner.curves import run_signals
+
     store = _store(runs_dir)
     summaries = store.list()
+    signals = {s.run_id: run_signals(s.run_dir, s.state) for s in summaries}
     if as_json:
-        print_json({"runs_dir": str(store.root), "runs": [s.to_json() for s in summaries]})
+        listed = [{**s.to_json(), **signals[s.run_id]} for s in summaries]
+        print_json({"runs_dir": str(store.root), "runs": listed})
         return
     if not summaries:
         console.print(f"no runs under {store.root}; start one with `tunedeck demo`", markup=False)
         return
     console.print(runs_table(summaries, console.width), crop=False)
+    for s in summaries:
+        found = signals[s.run_id]
+        run_id = one_line(s.run_id)
+        if found["early_stopped"]:
+            console.print(Text(f"{run_id}: {found['early_stopped']}"), soft_wrap=True)
+        if found["overfitting"]:
+            console.print(
+                Text.assemble((f"{run_id}: warning: ", "yellow"), found["overfitting"]["message"]),
+                soft_wrap=True,
+            )
 
 
 def logs(
@@ -493,20 +507,69 @@ def merge(
     out: Annotated[
         str | None, typer.Option("--out", help="Folder for the merged model (default: RUN/merged).")
     ] = None,
+    push: Annotated[
+        str | None,
+        typer.Option(
+            "--push",
+            help="Also upload the model to this Hugging Face Hub repo (user/name); the token "
+            "comes from HF_TOKEN.",
+        ),
+    ] = None,
+    private: Annotated[
+        bool, typer.Option("--private", help="Make the pushed repo private when it is new.")
+    ] = False,
     runs_dir: RunsDirOption = None,
 ) -> None:
-    """Merge a LoRA run's adapter into its base model and save the merged model."""
-    from runner.merge import merge_adapter
+    """Merge a LoRA run's adapter into its base model and save the merged model; --push also
+    uploads it (a full fine-tune's model as it is) to the Hugging Face Hub."""
+    from runner.merge import hub_token_and_user, merge_adapter, push_folder
     from runner.runs import RunError
 
     store = _store(runs_dir)
     try:
         run_dir = store.resolve(run_id)
-        with console.status("loading the base model and merging the adapter..."):
-            target = merge_adapter(run_dir, Path(out).expanduser() if out else None)
+        token = None
+        if push is not None:
+            if push.count("/") != 1 or not all(push.split("/")):
+                raise RunError([f"--push {push}: give the repo as user/name (or org/name)"])
+            with console.status("checking the Hugging Face token..."):
+                token, user = hub_token_and_user(f"--push {push}")
+            console.print(Text(f"pushing as {user}"))
+        target = Path(out).expanduser() if out else None
+        folder = _model_to_push(run_dir, target) if push is not None else None
+        if folder is None:
+            with console.status("loading the base model and merging the adapter..."):
+                folder = merge_adapter(run_dir, target)
+            console.print(Text(f"merged model saved to {folder}"))
+        else:
+            console.print(Text(f"pushing the model already in {folder}"))
+        if push is not None and token is not None:
+            with console.status(f"uploading {folder} to {push}..."):
+                url = push_folder(folder, push, token, private)
+            console.print(Text(f"pushed to {url}"))
     except RunError as exc:
         fail(exc.lines)
-    console.print(f"merged model saved to {target}")
+
+
+def _model_to_push(run_dir: Path, target: Path | None) -> Path | None:
+    """A model that needs no merge before a push: a full fine-tune's output, or a merged folder
+    already there (the default one when --out is not given); None when a merge must come first."""
+    from runner.merge import MERGED_DIR
+    from runner.runs import CONFIG_FILE, OUTPUT_DIR
+
+    output = run_dir / OUTPUT_DIR
+    import yaml
+
+    try:
+        method = (yaml.safe_load((run_dir / CONFIG_FILE).read_text(encoding="utf-8")) or {}).get(
+            "method"
+        )
+    except (OSError, yaml.YAMLError, AttributeError):
+        method = None
+    if method == "full" and (output / "config.json").is_file():
+        return output
+    merged = target if target is not None else run_dir / MERGED_DIR
+    return merged if (merged / "config.json").is_file() else None
 
 
 def autostart(

@@ -49,10 +49,18 @@ def _step_text(step: int, max_steps: int | None) -> str:
     return f"{count(step)}/{count(max_steps) if max_steps else '?'}"
 
 
-def runs_layout(summaries: list[Any], width: int) -> tuple[Column, ...]:
-    """The runs list's columns for a screen `width` cells wide: the id as wide as the longest,
-    then status and step, then loss, ETA and spent while they fit."""
-    id_w = max([len("run"), *(len(one_line(s.run_id)) for s in summaries)])
+def _id_text(summary: Any, marked: bool) -> str:
+    return ("+ " if marked else "") + one_line(summary.run_id)
+
+
+def runs_layout(
+    summaries: list[Any], width: int, marked: list[str] | None = None
+) -> tuple[Column, ...]:
+    """The runs list's columns for a screen `width` cells wide: the id as wide as the longest
+    (a run marked for comparison starts with `+`), then status and step, then loss, ETA and
+    spent while they fit."""
+    marked = marked or []
+    id_w = max([len("run"), *(len(_id_text(s, s.run_id in marked)) for s in summaries)])
     # As wide as "total/total": the column does not jump as a run counts up.
     step_w = max(
         [
@@ -84,14 +92,14 @@ def runs_layout(summaries: list[Any], width: int) -> tuple[Column, ...]:
     return tuple(columns)
 
 
-def run_row(summary: Any, layout: tuple[Column, ...]) -> tuple[Text, ...]:
+def run_row(summary: Any, layout: tuple[Column, ...], marked: bool = False) -> tuple[Text, ...]:
     """The cells of one run for the columns of `layout`; the status is a word, colour only adds
-    to it."""
+    to it. A run marked for comparison starts with `+`."""
     state = summary.state
     cells: dict[str, Text] = {}
     for _, key, width in layout:
         if key == "run":
-            cells[key] = Text(one_line(summary.run_id), no_wrap=True, overflow="ellipsis")
+            cells[key] = Text(_id_text(summary, marked), no_wrap=True, overflow="ellipsis")
         elif key == "status":
             status = Text(state.status, STATUS_STYLE.get(state.status, ""))
             if state.status == "interrupted" and width >= STATUS_W:
@@ -119,6 +127,9 @@ class HomeScreen(Screen[None]):
         # Before the runs table: with no runs, enter starts the demo rather than doing nothing.
         Binding("enter", "enter", "watch", show=False, priority=True),
         Binding("r", "resume", "resume"),
+        Binding("v", "evaluate", "eval"),
+        Binding("space", "mark", "mark", show=False),
+        Binding("c", "compare", "compare"),
         Binding("q", "app.quit", "quit"),
     ]
 
@@ -162,6 +173,7 @@ class HomeScreen(Screen[None]):
         self._demo_doing = ""
         self._demo_timer: Timer | None = None
         self._demo_error: list[str] | None = None  # why the last try failed, while shown
+        self._marked: list[str] = []  # runs marked for a comparison, in the order marked
         self.query_one("#demo-line", Static).display = False
         self._lay_out([])
         self.app.telemetry_signal.subscribe(self, self._title)  # type: ignore[attr-defined]
@@ -194,7 +206,7 @@ class HomeScreen(Screen[None]):
     def _lay_out(self, summaries: list[Any]) -> bool:
         """Set the columns for these runs at this width and refill the table; True when the
         columns changed. Fixed widths: columns do not jump as figures change."""
-        layout = runs_layout(summaries, self.app.size.width)
+        layout = runs_layout(summaries, self.app.size.width, self._marked)
         if layout == self._layout:
             return False
         table = self.query_one("#runs", DataTable)
@@ -204,7 +216,7 @@ class HomeScreen(Screen[None]):
             table.add_column(label, key=key, width=width)
         self._layout = layout
         for s in summaries:
-            table.add_row(*run_row(s, layout), key=s.run_id)
+            table.add_row(*run_row(s, layout, s.run_id in self._marked), key=s.run_id)
         if summaries:
             table.move_cursor(row=min(max(cursor_row, 0), len(summaries) - 1))
         return True
@@ -259,13 +271,15 @@ class HomeScreen(Screen[None]):
             if not self._lay_out(message.summaries):
                 table.clear()
                 for s in message.summaries:
-                    table.add_row(*run_row(s, self._layout), key=s.run_id)
+                    marked = s.run_id in self._marked
+                    table.add_row(*run_row(s, self._layout, marked), key=s.run_id)
             if cursor_key in wanted:
                 table.move_cursor(row=wanted.index(cursor_key))
             return
         keys = [key for _, key, _ in self._layout]
         for s in message.summaries:
-            for key, cell in zip(keys, run_row(s, self._layout), strict=True):
+            cells = run_row(s, self._layout, s.run_id in self._marked)
+            for key, cell in zip(keys, cells, strict=True):
                 table.update_cell(s.run_id, key, cell)
 
     def _selected(self) -> Any | None:
@@ -382,6 +396,37 @@ class HomeScreen(Screen[None]):
         line.display = True
         line.update(text)
         self.notify("\n".join(lines), title="demo", severity="error", markup=False)
+
+    def action_mark(self) -> None:
+        """Mark (or unmark) the selected run for a comparison."""
+        summary = self._selected()
+        if summary is None:
+            return
+        if summary.run_id in self._marked:
+            self._marked.remove(summary.run_id)
+        else:
+            self._marked.append(summary.run_id)
+        if not self._lay_out(list(self._summaries.values())):  # the id column may widen
+            table = self.query_one("#runs", DataTable)
+            marked = summary.run_id in self._marked
+            table.update_cell(summary.run_id, "run", run_row(summary, self._layout, marked)[0])
+        self.notify(f"{len(self._marked)} marked · c compares them", timeout=2)
+
+    def action_compare(self) -> None:
+        known = [r for r in self._marked if r in self._summaries]
+        if len(known) < 2:
+            self.notify(
+                "mark two or more runs with space, then c compares them", severity="warning"
+            )
+            return
+        self.app.open_compare(known)  # type: ignore[attr-defined]
+
+    def action_evaluate(self) -> None:
+        summary = self._selected()
+        if summary is None:
+            self.notify("no run selected", severity="warning")
+            return
+        self.app.open_eval(summary.run_id)  # type: ignore[attr-defined]
 
     def action_resume(self) -> None:
         summary = self._selected()

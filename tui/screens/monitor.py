@@ -135,6 +135,23 @@ def stats_text(metrics: RunMetrics, summary: Any | None) -> Text:
     return out
 
 
+def samples_text(samples: list[dict[str, Any]]) -> Text:
+    """The newest sample answers: the step, then each prompt and answer (as typed, no markup;
+    control characters shown as symbols)."""
+    from tui.widgets.eval_view import printable
+
+    out = Text(no_wrap=False)
+    if not samples:
+        return out
+    out.append(f"at step {samples[0].get('step')}", "bold")
+    for sample in samples:
+        out.append("\nQ ", "bold")
+        out.append(printable(sample.get("prompt_text", "")))
+        out.append("\nA ", "bold cyan")
+        out.append(printable(sample.get("answer", "")))
+    return out
+
+
 class MonitorScreen(Screen[None]):
     """One run, live."""
 
@@ -142,6 +159,7 @@ class MonitorScreen(Screen[None]):
         Binding("s", "stop", "stop"),
         Binding("r", "resume", "resume"),
         Binding("l", "full_log", "full log"),
+        Binding("v", "evaluate", "eval"),
         Binding("slash", "search", "search"),
         Binding("n", "search_next", "next match", show=False),
         Binding("b,escape", "back", "back"),
@@ -152,6 +170,14 @@ class MonitorScreen(Screen[None]):
         def __init__(self, update: FeedUpdate) -> None:
             super().__init__()
             self.update = update
+
+    class SamplesPolled(Message):
+        """Sample answers the training wrote since the last poll (train_samples.jsonl)."""
+
+        def __init__(self, records: list[dict[str, Any]], reset: bool) -> None:
+            super().__init__()
+            self.records = records
+            self.reset = reset
 
     class LogWindow(Message):
         """Lines read for scroll-back or a search."""
@@ -174,6 +200,9 @@ class MonitorScreen(Screen[None]):
         self._polls = 0
         self._search: str | None = None
         self._chart_dirty = False
+        self._samples_tail: Any = None
+        self.samples: list[dict[str, Any]] = []
+        """The newest step's sample answers."""
 
     def compose(self) -> ComposeResult:
         yield Static(Text(f"{self.run}  reading…"), id="monitor-header", classes="title-bar")
@@ -185,6 +214,7 @@ class MonitorScreen(Screen[None]):
             with Vertical(id="monitor-side"):
                 yield Static("", id="monitor-gpus")
                 yield Static("", id="monitor-stats")
+                yield Static("", id="monitor-samples")
         yield LogPane(id="log-pane")
         yield Input(placeholder="search the log (enter finds, escape cancels)", id="log-search")
         yield Footer()
@@ -193,6 +223,9 @@ class MonitorScreen(Screen[None]):
         search = self.query_one("#log-search", Input)
         search.display = False
         self.query_one("#monitor-gpus", Static).border_title = "GPU"
+        samples = self.query_one("#monitor-samples", Static)
+        samples.border_title = "samples"
+        samples.display = False
         self.app.telemetry_signal.subscribe(self, self._telemetry)  # type: ignore[attr-defined]
         tel = self.app.telemetry  # type: ignore[attr-defined]
         if tel is not None:
@@ -217,6 +250,27 @@ class MonitorScreen(Screen[None]):
         self._polls += 1
         with_summary = self._polls % SUMMARY_EVERY == 1 or self.summary is None
         self.post_message(self.Polled(self.feed.poll(with_summary=with_summary)))
+        if self._samples_tail is None and self.feed.run_dir is not None:
+            from runner.evaluate import TRAIN_SAMPLES_FILE
+            from runner.runs import MetricsTail
+
+            self._samples_tail = MetricsTail(self.feed.run_dir / TRAIN_SAMPLES_FILE)
+        if self._samples_tail is not None:
+            records = self._samples_tail.read_new()
+            if records or self._samples_tail.was_reset:
+                self.post_message(self.SamplesPolled(records, self._samples_tail.was_reset))
+
+    @on(SamplesPolled)
+    def _samples_polled(self, message: SamplesPolled) -> None:
+        if message.reset:
+            self.samples = []
+        steps = [r["step"] for r in message.records if isinstance(r.get("step"), int)]
+        if steps:
+            newest = max(steps)
+            self.samples = [r for r in message.records if r.get("step") == newest]
+        box = self.query_one("#monitor-samples", Static)
+        box.display = bool(self.samples)
+        box.update(samples_text(self.samples))
 
     @on(Polled)
     def _polled(self, message: Polled) -> None:
@@ -426,6 +480,9 @@ class MonitorScreen(Screen[None]):
             )
             return
         self.app.call_from_thread(self.notify, "stopping: saving a checkpoint first")
+
+    def action_evaluate(self) -> None:
+        self.app.open_eval(self.summary.run_id if self.summary else self.run)  # type: ignore[attr-defined]
 
     def action_resume(self) -> None:
         run_id = self.summary.run_id if self.summary is not None else self.run

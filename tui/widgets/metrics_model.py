@@ -104,27 +104,14 @@ class RunMetrics:
                 self.peak_gpu_mem_gib = max(self.peak_gpu_mem_gib or 0.0, peak)
 
     def eval_rising(self) -> str | None:
-        """A warning when the last two evaluations rose while the train loss fell over the same
-        steps: the usual sign of overfitting."""
-        ev = self.eval_loss
-        if len(ev) < 3:
-            return None
-        (s1, s2, s3), (e1, e2, e3) = ev.steps[-3:], ev.values[-3:]
-        if not (e1 < e2 < e3):
-            return None
-        before = [
-            v
-            for s, v in zip(self.train_loss.steps, self.train_loss.values, strict=True)
-            if s1 < s <= s2
-        ]
-        after = [
-            v
-            for s, v in zip(self.train_loss.steps, self.train_loss.values, strict=True)
-            if s2 < s <= s3
-        ]
-        if not before or not after or sum(after) / len(after) >= sum(before) / len(before):
-            return None
-        return (
-            f"eval loss rising {e1:.3f} → {e3:.3f} (steps {s1:g}-{s3:g}) while train loss "
-            "falls: overfitting?"
+        """The overfitting warning (eval loss rising since a step while the train loss falls),
+        by the rule `tunedeck runs` uses too (`runner.curves.overfitting`)."""
+        from runner.curves import Curves, overfitting
+
+        found = overfitting(
+            Curves(
+                list(zip(self.train_loss.steps, self.train_loss.values, strict=True)),
+                list(zip(self.eval_loss.steps, self.eval_loss.values, strict=True)),
+            )
         )
+        return found.message() + "?" if found else None
