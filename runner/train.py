@@ -405,15 +405,16 @@ def _train(
                 stopper.requested = False
             else:
                 by_user = (run.run_dir / STOP_REQUEST_FILE).exists()
-                run.record_end("interrupted", 0, step=step, stopped_by_user=by_user, **peak)
+                # The log line first: a viewer that sees the state change finds the log complete.
                 run.say(f"stopped at step {step}; checkpoint-{step} written")
+                run.record_end("interrupted", 0, step=step, stopped_by_user=by_user, **peak)
                 return 0
         output_dir = run.run_dir / OUTPUT_DIR
         trainer.save_model(str(output_dir))
         if trainer.is_world_process_zero() and trainer.processing_class is not None:
             trainer.processing_class.save_pretrained(str(output_dir))
-        run.record_end("completed", 0, step=step, **peak)
         run.say(f"completed at step {step}; saved to {output_dir}")
+        run.record_end("completed", 0, step=step, **peak)
         return 0
     except (TrainingFailure, BuildFailure) as exc:
         run.say(f"failed: {exc}")
