@@ -221,7 +221,26 @@ def preflight(
                 "(or use strategy fsdp)"
             )
     _check_fit(preset, pf, gpu_source)
+    _check_mirror_and_notify(preset, pf)
     return pf
+
+
+def _check_mirror_and_notify(preset: Preset, pf: Preflight) -> None:
+    """The mirror's scheme has a backend here; the notify URLs' variables are set (no network)."""
+    from runner.mirror import check_url
+    from runner.notify import expand
+
+    if preset.launch.mirror:
+        problem = check_url(preset.launch.mirror)
+        if problem:
+            pf.problems.append(f"launch.mirror: {problem}")
+    for number, url in enumerate(preset.launch.notify, start=1):
+        missing = expand(url)[1]
+        if missing:
+            pf.warnings.append(
+                f"launch.notify item {number}: {', '.join(missing)} not set in this environment "
+                "(that URL will not be told)"
+            )
 
 
 # ---------------------------------------------------------------- process start
@@ -708,3 +727,24 @@ def _resume_locked(run_dir: Path, lock_fd: int, check_pid: bool) -> LaunchResult
         raise RunError([f"run {run_dir}: cannot start ({exc})"]) from None
     _record_process(run_dir, proc)
     return LaunchResult(run_dir.name, run_dir, warnings, proc.pid)
+
+
+def resume_from(root: Path, url: str, force: bool = False) -> LaunchResult:
+    """`resume --from URL/<run id>`: recreate the run folder under `root` from its mirror (the
+    newest checkpoint whose manifest checks out) and resume it; a folder of that run already
+    here is resumed from its own checkpoints. `force` takes over a run whose mirrored state
+    still looks alive (its box is known to be gone)."""
+    from runner import mirror_fetch
+
+    _check_root(root)
+    fetched = mirror_fetch.fetch_run(url, root, force=force)
+    if fetched.lock_fd is None:
+        result = resume(fetched.run_dir)
+    else:
+        try:
+            result = _resume_locked(fetched.run_dir, fetched.lock_fd, check_pid=False)
+        finally:
+            os.close(fetched.lock_fd)  # the training process holds its own copy
+    return LaunchResult(
+        result.run_id, result.run_dir, fetched.warnings + result.warnings, result.pid
+    )

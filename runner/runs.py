@@ -162,6 +162,16 @@ class RunState(BaseModel):
     peak_gpu_mem_gib: float | None = None
     """Peak GPU memory allocated by torch on rank 0 during the last segment."""
 
+    # The off-box mirror (`launch.mirror`); written only by the training's uploader thread.
+    mirror_url: str | None = None
+    """Where the run is mirrored: `<launch.mirror>/<run id>`."""
+    mirror_step: int | None = None
+    """Step of the newest checkpoint complete on the mirror (its manifest written)."""
+    mirror_at: str | None = None
+    """When that checkpoint's upload finished."""
+    mirror_error: str | None = None
+    """Why the last upload failed, in one line (cleared by the next one that succeeds)."""
+
 
 # ---------------------------------------------------------------- state.json
 

@@ -27,6 +27,7 @@ COMMAND_MODULES: dict[str, str] = {
     "resume": "tui.commands.run_cmd",
     "merge": "tui.commands.run_cmd",
     "autostart": "tui.commands.run_cmd",
+    "cancel-finish": "tui.commands.run_cmd",
     "watch": "tui.commands.watch_cmd",
 }
 

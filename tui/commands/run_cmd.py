@@ -187,6 +187,11 @@ def _row(s: RunSummary) -> list[str]:
         status = "interrupted (stopped)"
     elif status == "failed" and st.failure_reason:
         status = f"failed: {st.failure_reason[:40]}"
+    from runner.on_finish import finish_text, read_finish
+
+    pending = read_finish(s.run_dir)
+    if pending is not None and pending.status == "waiting":
+        status += f" ({finish_text(pending)})"
     return [
         s.run_id,
         status,
@@ -208,11 +213,17 @@ def runs(runs_dir: RunsDirOption = None, as_json: JsonOption = False) -> None:
     if not summaries:
         console.print(f"no runs under {store.root}; start one with `tunedeck demo`")
         return
+    from runner.mirror import mirror_text
+
+    mirrored = any(s.state.mirror_url for s in summaries)
     table = Table(box=None, pad_edge=False)
     for col in ("run", "status", "step", "loss", "elapsed", "ETA", "cost"):
         table.add_column(col, overflow="fold")
+    if mirrored:
+        table.add_column("mirror", overflow="fold")
     for s in summaries:
-        table.add_row(*_row(s))
+        extra = [mirror_text(s.state) or "-"] if mirrored else []
+        table.add_row(*_row(s), *extra)
     console.print(table)
 
 
@@ -285,7 +296,7 @@ def stop(
         before = store.get(run_dir)
         warnings = stop_run(run_dir, now=now)
     except RunError as exc:
-        fail(exc.lines)
+        fail(exc.lines + _finish_hint(store, run_id))
     for line in warnings:
         err_console.print(Text.assemble(("warning: ", "yellow"), line), soft_wrap=True)
     if now:
@@ -334,6 +345,18 @@ def resume(
             "(not those stopped with `tunedeck stop`).",
         ),
     ] = False,
+    from_url: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="Recreate the run here from its mirror, URL/<run id> (launch.mirror), and "
+            "resume it from the newest checkpoint that checks out.",
+        ),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="With --from: take over a run whose box seems alive."),
+    ] = False,
     runs_dir: RunsDirOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -341,8 +364,21 @@ def resume(
     from runner.runs import RunError
 
     store = _store(runs_dir)
-    if all_interrupted == (run_id is not None):
-        fail(["give a run id or --all-interrupted (one of them)"])
+    if [all_interrupted, run_id is not None, from_url is not None].count(True) != 1:
+        fail(["give a run id, --from URL/<run id> or --all-interrupted (one of them)"])
+    if from_url is not None:
+        from runner.launch import resume_from
+
+        try:
+            if as_json:
+                result = resume_from(store.root, from_url, force=force)
+            else:
+                with console.status("fetching the run from its mirror..."):
+                    result = resume_from(store.root, from_url, force=force)
+        except RunError as exc:
+            fail(exc.lines)
+        _print_launched(result, as_json, "resumed")
+        return
     if run_id is not None:
         try:
             result = store.resume(run_id)
@@ -401,18 +437,39 @@ def merge(
 
 def autostart(
     cron: Annotated[bool, typer.Option("--cron", help="Print an @reboot crontab line.")] = False,
+    from_url: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="For a fresh box: resume this run from its mirror, URL/<run id>, at boot "
+            "(or from its own folder once it is here).",
+        ),
+    ] = None,
     runs_dir: RunsDirOption = None,
 ) -> None:
     """Print a systemd unit (or a cron line) that resumes interrupted runs when the box comes
-    back with the same volume."""
+    back with the same volume, or (--from) brings a run back from its mirror on a new box."""
+    import shlex
+
     from presets import locations
 
     root = locations.runs_dir(runs_dir).expanduser().absolute()
     exe = shutil.which("tunedeck") or f"{sys.executable} -m tui.cli"
     command = f"{exe} resume --all-interrupted --runs-dir {root}"
+    # With --from, the unit runs at every boot: a run that has completed since is no failure.
+    ignore_failure = ""
+    if from_url is not None:
+        command = f"{exe} resume --from {shlex.quote(from_url)} --runs-dir {root}"
+        ignore_failure = "-"
     if cron:
         console.print(
-            "# add with `crontab -e`; runs launched with --auto-resume are resumed at boot\n"
+            "# add with `crontab -e`; "
+            + (
+                "the run comes back from its mirror"
+                if from_url
+                else "runs launched with --auto-resume are resumed"
+            )
+            + " at boot\n"
             f"@reboot sleep 30 && {command} >> {root}/autostart.log 2>&1",
             soft_wrap=True,
             markup=False,
@@ -422,7 +479,8 @@ def autostart(
     console.print(
         "# save as /etc/systemd/system/tunedeck-resume.service, then:\n"
         "#   systemctl daemon-reload && systemctl enable tunedeck-resume.service\n"
-        "# Put HF_TOKEN and the like in an EnvironmentFile if the runs need them.\n"
+        "# Put HF_TOKEN, AWS_* (an s3:// mirror) and the like in an EnvironmentFile if the "
+        "runs need them.\n"
         "[Unit]\n"
         "Description=Resume interrupted tunedeck runs after a reboot\n"
         "Wants=network-online.target\n"
@@ -430,7 +488,7 @@ def autostart(
         "[Service]\n"
         "Type=oneshot\n"
         f"User={user}\n"
-        f"ExecStart={command}\n"
+        f"ExecStart={ignore_failure}{command}\n"
         "# The runs are detached children: keep them when this one-shot unit finishes.\n"
         "RemainAfterExit=yes\n"
         "KillMode=process\n\n"
@@ -439,6 +497,35 @@ def autostart(
         soft_wrap=True,
         markup=False,
     )
+
+
+def _finish_hint(store: RunStore, run_id: str) -> list[str]:
+    """For a refused stop: the run's on_finish action that is still waiting, if any."""
+    from runner.on_finish import finish_text, read_finish
+    from runner.runs import RunError
+
+    try:
+        pending = read_finish(store.resolve(run_id))
+    except RunError:
+        return []
+    if pending is None or pending.status != "waiting":
+        return []
+    return [f"{finish_text(pending)}; cancel it with: tunedeck cancel-finish {run_id}"]
+
+
+def cancel_finish(run_id: RunArg, runs_dir: RunsDirOption = None) -> None:
+    """Cancel a finished run's on_finish action (shutdown or command) during its grace period."""
+    from runner.on_finish import cancel
+    from runner.runs import RunError
+
+    store = _store(runs_dir)
+    try:
+        run_dir = store.resolve(run_id)
+        info = cancel(run_dir)
+    except RunError as exc:
+        fail(exc.lines)
+    what = "shutdown" if info.action == "shutdown" else info.action
+    console.print(Text(f"{run_dir.name}: on_finish cancelled ({what} will not run)"))
 
 
 def register(app: typer.Typer) -> None:
@@ -450,3 +537,4 @@ def register(app: typer.Typer) -> None:
     app.command("resume")(resume)
     app.command("merge")(merge)
     app.command("autostart")(autostart)
+    app.command("cancel-finish")(cancel_finish)
