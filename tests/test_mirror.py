@@ -358,3 +358,73 @@ def test_resume_from_refusals_are_plain(
     assert out.returncode == 2 and "password in the URL" in out.stderr, out.stderr
     # The message itself does not repeat it (the --set echoed before it is the user's own).
     assert "secret" not in out.stderr.split("launch.mirror:", 1)[1]
+
+
+# ---------------------------------------------------------------- the emergency checkpoint
+
+
+def test_a_stop_waits_for_its_checkpoint_to_reach_the_mirror(
+    demo_home: Path, tmp_path: Path, tunedeck: Any
+) -> None:
+    """SIGTERM: the checkpoint written on the way out is on the mirror, complete, by the time
+    the trainer has exited."""
+    url = str(tmp_path / "volume")
+    run_dir = launch_json(
+        tunedeck,
+        "demo",
+        "--name",
+        "stopped",
+        "--set",
+        "training.max_steps=200000",
+        "--set",
+        "training.save_steps=50",
+        "--set",
+        "training.eval_steps=100000",
+        "--set",
+        f"launch.mirror={url}",
+    )
+    wait_for(lambda: (s := read_state(run_dir)) and s.step >= 7, 180, "some training")
+    out = tunedeck("stop", "stopped")
+    assert out.returncode == 0, out.stderr
+    wait_for(lambda: run_lock.is_held(run_dir) is False, 120, "the trainer to exit")
+    state = read_state(run_dir)
+    assert state is not None and state.status == "interrupted"
+    assert state.checkpoint_step == state.step and state.step % 50 != 0  # the stop's own
+    assert complete_on_mirror(f"{url}/stopped")[0] == state.step
+    assert state.mirror_step == state.step and state.mirror_error is None
+    mirrored_state = RunState.model_validate_json(mirrored_text(f"{url}/stopped", "state.json"))
+    assert mirrored_state.status == "interrupted" and mirrored_state.mirror_step == state.step
+
+
+def test_an_urgent_checkpoint_goes_ahead_of_an_upload_in_flight(
+    two_checkpoints: Path, tmp_path: Path
+) -> None:
+    """The uploader thread itself: while a large older checkpoint is going up, the emergency
+    checkpoint of a stop arrives; the older upload is given up and the new one mirrored."""
+    from runner.mirror import Mirror
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(two_checkpoints, run_dir, ignore=shutil.ignore_patterns("checkpoint-*"))
+    older = run_dir / "checkpoints" / "checkpoint-5"
+    shutil.copytree(two_checkpoints / "checkpoints" / "checkpoint-5", older)
+    with (older / "zz-padding.bin").open("wb") as fh:
+        for _ in range(32):
+            fh.write(os.urandom(4 * 2**20))  # 128 MiB: sixteen chunks
+    url = str(tmp_path / "volume")
+    said: list[str] = []
+    mirror = Mirror(run_dir, url, said.append)
+    try:
+        wait_for(lambda: mirror._current_step == 5, 60, "the older upload to start", 0.001)
+        shutil.copytree(
+            two_checkpoints / "checkpoints" / "checkpoint-10",
+            run_dir / "checkpoints" / "checkpoint-10",
+        )
+        mirror.checkpoint_saved(10, urgent=True)
+    finally:
+        assert mirror.finish(120), said
+    remote = tmp_path / "volume" / "run" / "checkpoints"
+    assert (remote / "checkpoint-10" / MANIFEST_FILE).is_file()
+    assert not (remote / "checkpoint-5" / MANIFEST_FILE).exists(), "it was not given up"
+    assert complete_on_mirror(f"{url}/run") == [10]
+    state = read_state(run_dir)
+    assert state is not None and state.mirror_step == 10 and said == []
