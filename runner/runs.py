@@ -8,7 +8,12 @@ A run lives in `<runs root>/<run id>/`:
 - `train.log`     stdout and stderr of the training processes;
 - `checkpoints/checkpoint-N/` and `output/`;
 - `trainer.lock`  held by the run's one training process for its whole life (`runner.run_lock`);
-- `stop-requested` written by `tunedeck stop` before it signals the run.
+- `stop-requested` written by `tunedeck stop` before it signals the run;
+- `on-finish.json` the `launch.on_finish` countdown, written only by its waiter
+  (`runner.on_finish`), and `cancel-finish`, written by `tunedeck cancel-finish` to call it off.
+
+With `launch.mirror`, a copy of the small files and the checkpoints is kept off the box
+(`runner.mirror`), from which `tunedeck resume --from` rebuilds the folder (`runner.mirror_fetch`).
 
 Viewers (the CLI, the app, a later login on a new box) only read these files. A state that says
 `running` whose process is gone (killed, rebooted box, another machine's volume) is reported as
