@@ -140,6 +140,12 @@ class LaunchSpec(_Strict):
             return None
         if not value.strip():
             raise ValueError("must be a folder or a URL such as s3://bucket/runs, or null")
+        if "://" not in value and not value.startswith(("/", "~", "{data_dir}")):
+            # The training runs in its run folder: a relative path would land inside it.
+            raise ValueError(
+                f"{value!r} is a relative path; give an absolute folder (/mnt/volume/runs) "
+                "or a URL (s3://bucket/runs)"
+            )
         scheme, sep, rest = value.partition("://")
         userinfo = rest.split("/", 1)[0].rpartition("@")[0] if sep else ""
         if ":" in userinfo:

@@ -351,6 +351,10 @@ class Mirror:
                 self.fs.rm(f"{folder}/{name}", recursive=True)
 
     def _record(self, step: int | None = None, error: str | None = None) -> None:
+        with contextlib.suppress(OSError):  # a full disk: the trainer's own writes report it
+            self._write_record(step, error)
+
+    def _write_record(self, step: int | None, error: str | None) -> None:
         if error is None:
             self._last_error = None
             update_state(

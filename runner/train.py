@@ -337,7 +337,7 @@ def _start_mirror(run: Run, preset: Preset) -> Any:
 
     try:
         return Mirror(run.run_dir, preset.launch.mirror, run.say)
-    except MirrorError as exc:
+    except (MirrorError, OSError) as exc:
         run.say(f"{exc}; training goes on without the mirror")
         return None
 

@@ -27,8 +27,6 @@ from runner.runs import RunState, read_metrics, read_state
 sys.path.insert(0, str(Path(__file__).parent))
 from test_runner_e2e import finished, launch_json, wait_for
 
-pytestmark = pytest.mark.slow
-
 STEPS = 100
 SETTINGS = [
     f"training.max_steps={STEPS}",
@@ -210,6 +208,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_local_mirror_survives_the_box(
     reference: dict[int, float], demo_home: Path, demo_dir: Path, tmp_path: Path, tunedeck: Any
 ) -> None:
@@ -217,6 +216,7 @@ def test_local_mirror_survives_the_box(
     kill_delete_resume(url, flip_a_byte, reference, demo_dir, tmp_path, tunedeck)
 
 
+@pytest.mark.slow
 def test_s3_mirror_survives_the_box(
     reference: dict[int, float],
     demo_home: Path,
@@ -255,6 +255,7 @@ def two_checkpoints(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) ->
     return run_dir
 
 
+@pytest.mark.slow
 def test_an_uploader_killed_mid_file_leaves_nothing_to_resume_from(
     two_checkpoints: Path, tmp_path: Path
 ) -> None:
@@ -301,6 +302,7 @@ def test_an_uploader_killed_mid_file_leaves_nothing_to_resume_from(
     assert sorted(p.name for p in (tmp_path / "here" / "checkpoints").iterdir()) == ["checkpoint-5"]
 
 
+@pytest.mark.slow
 def test_manifests_that_lie_are_refused(two_checkpoints: Path, tmp_path: Path) -> None:
     from runner.mirror import upload_checkpoint
 
@@ -334,6 +336,7 @@ def test_manifests_that_lie_are_refused(two_checkpoints: Path, tmp_path: Path) -
     assert not list((tmp_path / "here" / "checkpoints").iterdir()), "nothing half-fetched kept"
 
 
+@pytest.mark.slow
 def test_resume_from_refusals_are_plain(
     two_checkpoints: Path, tmp_path: Path, tunedeck_home: Path, tunedeck: Any
 ) -> None:
@@ -354,6 +357,15 @@ def test_resume_from_refusals_are_plain(
     assert not (tunedeck_home / "runs" / "small").exists()
     for o in (out,):
         assert "Traceback" not in o.stderr
+    out = tunedeck("demo", "--set", "launch.mirror=relative/runs")
+    assert out.returncode == 2 and "is a relative path" in out.stderr, out.stderr
+    # A scheme whose backend is not installed is refused before anything is created.
+    out = tunedeck("demo", "--set", "launch.mirror=gs://bucket/runs")
+    assert out.returncode == 2 and "launch.mirror: mirror gs://bucket/runs" in out.stderr
+    assert "gcsfs" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert not (tunedeck_home / "runs").exists() or not any((tunedeck_home / "runs").iterdir())
+    out = tunedeck("demo", "--set", "launch.notify=[ntfy-topic-without-scheme]")
+    assert out.returncode == 2 and "launch.notify: item 1 is not a URL" in out.stderr
     out = tunedeck("demo", "--set", "launch.mirror=s3://AKIA:secret@bucket/runs")
     assert out.returncode == 2 and "password in the URL" in out.stderr, out.stderr
     # The message itself does not repeat it (the --set echoed before it is the user's own).
@@ -363,6 +375,7 @@ def test_resume_from_refusals_are_plain(
 # ---------------------------------------------------------------- the emergency checkpoint
 
 
+@pytest.mark.slow
 def test_a_stop_waits_for_its_checkpoint_to_reach_the_mirror(
     demo_home: Path, tmp_path: Path, tunedeck: Any
 ) -> None:
@@ -396,6 +409,7 @@ def test_a_stop_waits_for_its_checkpoint_to_reach_the_mirror(
     assert mirrored_state.status == "interrupted" and mirrored_state.mirror_step == state.step
 
 
+@pytest.mark.slow
 def test_an_urgent_checkpoint_goes_ahead_of_an_upload_in_flight(
     two_checkpoints: Path, tmp_path: Path
 ) -> None:
@@ -428,3 +442,56 @@ def test_an_urgent_checkpoint_goes_ahead_of_an_upload_in_flight(
     assert complete_on_mirror(f"{url}/run") == [10]
     state = read_state(run_dir)
     assert state is not None and state.mirror_step == 10 and said == []
+
+
+# ---------------------------------------------------------------- shown to people
+
+
+def test_runs_and_the_monitor_show_the_mirror(tmp_path: Path, tunedeck: Any) -> None:
+    import asyncio
+    import socket
+
+    from fake_nvml import two_h100s
+    from test_tui_helpers import make_app, shows
+
+    from runner.runs import RunStore, now_iso, write_state
+
+    root = tmp_path / "runs"
+    run_dir = root / "far"
+    run_dir.mkdir(parents=True)
+    state = RunState(
+        run_id="far",
+        status="interrupted",
+        host=socket.gethostname(),
+        started_at=now_iso(),
+        step=40,
+        max_steps=100,
+        checkpoint_step=40,
+        mirror_url="s3://bucket/runs/far",
+        mirror_step=35,
+        mirror_at=now_iso(),
+    )
+    write_state(run_dir, state)
+    assert mirror_text(state) == "checkpoint-35, 0 s ago, 5 steps behind"
+    failing = state.model_copy(update={"mirror_error": "PermissionError: Access Denied"})
+    assert mirror_text(failing) == "error: PermissionError: Access Denied"
+    assert mirror_text(state.model_copy(update={"mirror_url": None})) is None
+    out = tunedeck("runs", "--runs-dir", str(root))
+    assert "mirror" in out.stdout and "checkpoint-35" in out.stdout, out.stdout
+
+    async def monitor() -> None:
+        app = make_app(two_h100s(), root, store=RunStore(root), watch_run="far")
+        async with app.run_test(size=(120, 30)) as pilot:
+            assert await shows(pilot, "mirror checkpoint-35", "5 steps behind")
+
+    asyncio.run(monitor())
+
+
+def test_autostart_from_a_mirror(tunedeck_home: Path, tunedeck: Any) -> None:
+    unit = tunedeck("autostart", "--from", "s3://bucket/runs/far")
+    assert unit.returncode == 0, unit.stderr
+    root = tunedeck_home / "runs"
+    assert f"resume --from s3://bucket/runs/far --runs-dir {root}" in unit.stdout
+    assert "ExecStart=-" in unit.stdout  # a completed run at a later boot is no failed unit
+    cron = tunedeck("autostart", "--cron", "--from", "s3://bucket/runs/far")
+    assert "@reboot" in cron.stdout and "resume --from s3://bucket/runs/far" in cron.stdout
