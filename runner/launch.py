@@ -743,6 +743,15 @@ def resume_from(root: Path, url: str, force: bool = False) -> LaunchResult:
     else:
         try:
             result = _resume_locked(fetched.run_dir, fetched.lock_fd, check_pid=False)
+        except RunError as exc:
+            run_id = fetched.run_dir.name
+            raise RunError(
+                [
+                    *exc.lines,
+                    f"the run is here now ({fetched.run_dir}); once that is fixed: "
+                    f"tunedeck resume {run_id}",
+                ]
+            ) from None
         finally:
             os.close(fetched.lock_fd)  # the training process holds its own copy
     return LaunchResult(
