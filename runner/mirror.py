@@ -147,9 +147,15 @@ def put_stream(
     return size, digest.hexdigest()
 
 
+# Object stores have no folders to make, and their makedirs would create a missing bucket: a
+# misspelt bucket name must fail, not make a new bucket.
+OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "abfs", "az", "adl", "hf", "oss", "r2"}
+
+
 def _makedirs(fs: AbstractFileSystem, folders: set[str]) -> None:
-    # Local folders must exist before a file is opened in them; object stores have none to
-    # make (s3fs answers for a prefix in an existing bucket without a request).
+    protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+    if protocols & OBJECT_STORES:
+        return
     for folder in sorted(folders):
         fs.makedirs(folder, exist_ok=True)
 
@@ -310,12 +316,12 @@ class Mirror:
             if self._urgent_step is not None and newest.step >= self._urgent_step:
                 self._urgent_step = None
         remote_dir = f"{self.root}/{CHECKPOINTS_DIR}/{newest.path.name}"
-        if manifest_matches(self.fs, remote_dir, newest.path):
-            self._mirrored_step = newest.step  # up already (an earlier segment finished it)
-            self._record(step=newest.step)
-            return False
         self._current_step = newest.step
         try:
+            if manifest_matches(self.fs, remote_dir, newest.path):
+                self._mirrored_step = newest.step  # up already (an earlier segment sent it)
+                self._record(step=newest.step)
+                return False
             upload_checkpoint(
                 self.fs, remote_dir, newest.path, lambda: self._superseded(newest.step)
             )
@@ -323,11 +329,10 @@ class Mirror:
             self._wake = True
             return False
         except FileNotFoundError:
-            newer = ckpt.latest_complete(local_dir)
-            if newer is not None and newer.step != newest.step:
-                self._wake = True  # rotated away by save_total_limit; a newer one is there
+            if not newest.path.exists():
+                self._wake = True  # rotated away (save_total_limit) while going up
                 return False
-            raise
+            raise  # the mirror's side: a missing bucket, say
         finally:
             self._current_step = None
         self._mirrored_step = newest.step

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> dict[
 
 @pytest.fixture
 def s3_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """moto's S3 server on a free port of 127.0.0.1 with a bucket `mirror`; the AWS_* variables
+    """moto's S3 server on a free port of 127.0.0.1 with a fresh bucket; the AWS_* variables
     of this test (and of every process it starts) point there with dummy credentials."""
     import logging
 
@@ -103,10 +104,12 @@ def s3_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "HTTP_PROXY", "HTTPS_PROXY"):
         monkeypatch.delenv(name, raising=False)
-    fs, _ = open_url("s3://mirror")
-    fs.mkdir("mirror")
+    # moto keeps its buckets in the process, across servers: a bucket of this test's own.
+    bucket = f"mirror-{uuid.uuid4().hex[:12]}"
+    fs, _ = open_url(f"s3://{bucket}")
+    fs.mkdir(bucket)
     try:
-        yield "s3://mirror/runs"
+        yield f"s3://{bucket}/runs"
     finally:
         fs.clear_instance_cache()
         server.stop()
@@ -524,3 +527,33 @@ def test_resume_from_on_a_box_without_the_data_keeps_the_folder(
     wait_for(lambda: finished(here), 180, "the resumed run", poll_s=0.2)
     final = read_state(here)
     assert final is not None and final.status == "completed" and final.step == 10
+
+
+@pytest.mark.slow
+def test_a_mirror_that_fails_is_reported_and_training_goes_on(
+    demo_home: Path, tunedeck: Any, s3_server: str
+) -> None:
+    """No such bucket: every upload fails; the run completes all the same, and says why."""
+    run_dir = launch_json(
+        tunedeck,
+        "demo",
+        "--name",
+        "nobucket",
+        "--set",
+        "training.max_steps=10",
+        "--set",
+        "training.save_steps=5",
+        "--set",
+        "launch.mirror=s3://no-such-bucket/runs",
+        "--set",
+        "launch.mirror_wait_s=3",
+    )
+    wait_for(lambda: finished(run_dir), 180, "the run", poll_s=0.2)
+    wait_for(lambda: run_lock.is_held(run_dir) is False, 60, "the trainer to exit")
+    state = read_state(run_dir)
+    assert state is not None and state.status == "completed" and state.step == 10
+    assert state.mirror_step is None and state.mirror_error, state
+    assert (mirror_text(state) or "").startswith("error: ")
+    log = (run_dir / "train.log").read_text()
+    assert "upload failed" in log and "training goes on" in log
+    assert AWS_SECRET not in log
