@@ -557,3 +557,40 @@ def test_a_mirror_that_fails_is_reported_and_training_goes_on(
     log = (run_dir / "train.log").read_text()
     assert "upload failed" in log and "training goes on" in log
     assert AWS_SECRET not in log
+
+
+@pytest.mark.slow
+def test_saves_that_outrun_the_uploads_skip_to_the_newest(
+    two_checkpoints: Path, tmp_path: Path
+) -> None:
+    """Two saves while a large upload is in flight: that upload finishes, then only the newer
+    of the two goes up."""
+    from runner.mirror import Mirror
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(two_checkpoints, run_dir, ignore=shutil.ignore_patterns("checkpoint-*"))
+    first = run_dir / "checkpoints" / "checkpoint-5"
+    shutil.copytree(two_checkpoints / "checkpoints" / "checkpoint-5", first)
+    with (first / "zz-padding.bin").open("wb") as fh:
+        for _ in range(32):
+            fh.write(os.urandom(4 * 2**20))
+    source = two_checkpoints / "checkpoints" / "checkpoint-10"
+    url = str(tmp_path / "volume")
+    said: list[str] = []
+    mirror = Mirror(run_dir, url, said.append)
+    try:
+        wait_for(lambda: mirror._current_step == 5, 60, "the first upload to start", 0.001)
+        for step in (10, 15):
+            target = run_dir / "checkpoints" / f"checkpoint-{step}"
+            shutil.copytree(source, target)
+            trainer_state = json.loads((target / "trainer_state.json").read_text())
+            trainer_state["global_step"] = step
+            (target / "trainer_state.json").write_text(json.dumps(trainer_state))
+            mirror.checkpoint_saved(step)
+        assert mirror._current_step == 5, "the first upload should still be going"
+    finally:
+        assert mirror.finish(120), said
+    assert complete_on_mirror(f"{url}/run") == [15, 5]
+    assert not (tmp_path / "volume" / "run" / "checkpoints" / "checkpoint-10").exists()
+    state = read_state(run_dir)
+    assert state is not None and state.mirror_step == 15 and said == []
