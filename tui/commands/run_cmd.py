@@ -223,7 +223,8 @@ def runs(runs_dir: RunsDirOption = None, as_json: JsonOption = False) -> None:
         table.add_column("mirror", overflow="fold")
     for s in summaries:
         extra = [mirror_text(s.state) or "-"] if mirrored else []
-        table.add_row(*_row(s), *extra)
+        # Text cells: a command or an error message is shown as written, never as markup.
+        table.add_row(*(Text(cell) for cell in [*_row(s), *extra]))
     console.print(table)
 
 
