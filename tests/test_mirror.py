@@ -154,10 +154,13 @@ def kill_delete_resume(
     tmp_path: Path,
     tunedeck: Any,
 ) -> None:
-    run_dir = launch_json(tunedeck, "demo", "--name", "far", *set_args(f"launch.mirror={url}"))
+    # More checkpoints kept than the other runs (no effect on the losses): an upload that falls
+    # behind cannot see the older mirrored checkpoint rotated away before the kill.
+    extra = (f"launch.mirror={url}", "training.save_total_limit=10")
+    run_dir = launch_json(tunedeck, "demo", "--name", "far", *set_args(*extra))
     run_url = f"{url}/far"
-    mirrored = wait_for(
-        lambda: len(complete_on_mirror(run_url)) >= 2 and complete_on_mirror(run_url),
+    wait_for(
+        lambda: len(complete_on_mirror(run_url)) >= 2,
         180,
         "two checkpoints complete on the mirror",
         poll_s=0.02,
@@ -167,6 +170,8 @@ def kill_delete_resume(
     os.killpg(state.pgid, signal.SIGKILL)
     wait_for(lambda: not _alive(state.pgid), 60, "the trainer to die")
     assert (read_state(run_dir) or state).status != "completed", "the run ended before the kill"
+    mirrored = complete_on_mirror(run_url)  # what the mirror holds now that nothing writes it
+    assert len(mirrored) >= 2, mirrored
     newest, older = mirrored[0], mirrored[1]
     tamper(run_url, newest)
     shutil.rmtree(run_dir)
