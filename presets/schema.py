@@ -116,6 +116,68 @@ class LaunchSpec(_Strict):
     nnodes: int = Field(default=1, ge=1, strict=True)
     """Number of machines taking part (torchrun `--nnodes`)."""
 
+    mirror: str | None = None
+    """Off-box copy of the run, to resume anywhere: a folder (a mounted volume) or an fsspec URL
+    (`s3://bucket/runs`, `gs://...`, `hf://...`). Each complete checkpoint and the run's small
+    files go to `<mirror>/<run id>/` in the background. Credentials come from the environment
+    and the usual credential files (AWS_* variables, ~/.aws), never from here."""
+
+    mirror_wait_s: float = Field(default=120.0, ge=0.0)
+    """Seconds the training waits, when it ends (a stop, a spot notice, completion), for the
+    mirror to finish uploading the newest checkpoint. Default 120."""
+
+    notify: list[str] = Field(default_factory=list)
+    """Apprise URLs told when the run completes, fails or is interrupted (`ntfys://TOPIC`,
+    `slack://...`, `discord://...`, `mailtos://...`, `json://HOST/PATH`). Write tokens as
+    `${VARIABLE}`: they are read from the environment when sending, so they stay out of the
+    run folder."""
+
+    on_finish: str = "none"
+    """What to do once the run has completed or failed: `none`, `shutdown` (power the box off,
+    so it stops billing) or a shell command (e.g. `runpodctl stop pod $RUNPOD_POD_ID`)."""
+
+    on_finish_grace_s: float = Field(default=120.0, ge=0.0)
+    """Seconds between the end of the run and `on_finish`, during which it can be cancelled
+    (`c` in the app's monitor, `tunedeck cancel-finish RUN`). Default 120."""
+
+    @field_validator("mirror")
+    @classmethod
+    def _mirror_without_password(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.strip():
+            raise ValueError("must be a folder or a URL such as s3://bucket/runs, or null")
+        if "://" not in value and not value.startswith(("/", "~", "{data_dir}")):
+            # The training runs in its run folder: a relative path would land inside it.
+            raise ValueError(
+                f"{value!r} is a relative path; give an absolute folder (/mnt/volume/runs) "
+                "or a URL (s3://bucket/runs)"
+            )
+        scheme, sep, rest = value.partition("://")
+        userinfo = rest.split("/", 1)[0].rpartition("@")[0] if sep else ""
+        if ":" in userinfo:
+            raise ValueError(
+                f"{scheme}://...: a password in the URL would be stored with the run; give "
+                "credentials through the environment or the provider's credential file instead"
+            )
+        return value
+
+    @field_validator("notify")
+    @classmethod
+    def _notify_urls(cls, value: list[str]) -> list[str]:
+        for i, url in enumerate(value):
+            if "://" not in url:
+                # Not echoed: a mistyped entry may well hold a token.
+                raise ValueError(f"item {i + 1} is not a URL (SCHEME://...), e.g. ntfys://TOPIC")
+        return value
+
+    @field_validator("on_finish")
+    @classmethod
+    def _on_finish_given(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must be `none`, `shutdown` or a shell command")
+        return value.strip()
+
     @model_validator(mode="after")
     def _strategy_matches_gpus(self) -> LaunchSpec:
         if self.strategy == "single" and (self.num_gpus > 1 or self.nnodes > 1):

@@ -257,7 +257,26 @@ def preflight(
                 "(or use strategy fsdp)"
             )
     _check_fit(preset, pf, gpu_source)
+    _check_mirror_and_notify(preset, pf)
     return pf
+
+
+def _check_mirror_and_notify(preset: Preset, pf: Preflight) -> None:
+    """The mirror's scheme has a backend here; the notify URLs' variables are set (no network)."""
+    from runner.mirror import check_url
+    from runner.notify import expand
+
+    if preset.launch.mirror:
+        problem = check_url(preset.launch.mirror)
+        if problem:
+            pf.problems.append(f"launch.mirror: {problem}")
+    for number, url in enumerate(preset.launch.notify, start=1):
+        missing = expand(url)[1]
+        if missing:
+            pf.warnings.append(
+                f"launch.notify item {number}: {', '.join(missing)} not set in this environment "
+                "(that URL will not be told)"
+            )
 
 
 # ---------------------------------------------------------------- process start
@@ -756,4 +775,39 @@ def _resume_locked(run_dir: Path, lock_fd: int, check_pid: bool) -> LaunchResult
         proc.pid,
         start_step=keep.step if keep else 0,
         start_checkpoint=keep.path.name if keep else None,
+    )
+
+
+def resume_from(root: Path, url: str, force: bool = False) -> LaunchResult:
+    """`resume --from URL/<run id>`: recreate the run folder under `root` from its mirror (the
+    newest checkpoint whose manifest checks out) and resume it; a folder of that run already
+    here is resumed from its own checkpoints. `force` takes over a run whose mirrored state
+    still looks alive (its box is known to be gone)."""
+    from runner import mirror_fetch
+
+    _check_root(root)
+    fetched = mirror_fetch.fetch_run(url, root, force=force)
+    if fetched.lock_fd is None:
+        result = resume(fetched.run_dir)
+    else:
+        try:
+            result = _resume_locked(fetched.run_dir, fetched.lock_fd, check_pid=False)
+        except RunError as exc:
+            run_id = fetched.run_dir.name
+            raise RunError(
+                [
+                    *exc.lines,
+                    f"the run is here now ({fetched.run_dir}); once that is fixed: "
+                    f"tunedeck resume {run_id}",
+                ]
+            ) from None
+        finally:
+            os.close(fetched.lock_fd)  # the training process holds its own copy
+    return LaunchResult(
+        result.run_id,
+        result.run_dir,
+        fetched.warnings + result.warnings,
+        result.pid,
+        start_step=result.start_step,
+        start_checkpoint=result.start_checkpoint,
     )

@@ -11,6 +11,11 @@ A run lives in `<runs root>/<run id>/`:
 - `stop-requested` written by `tunedeck stop` before it signals the run;
 - `eval.json`, `samples.jsonl`, `eval.log` written by `tunedeck eval` (`runner.evaluate`);
 - `train_samples.jsonl` sample answers written during training (`evaluation.samples_every_steps`).
+- `on-finish.json` the `launch.on_finish` countdown, written only by its waiter
+  (`runner.on_finish`), and `cancel-finish`, written by `tunedeck cancel-finish` to call it off.
+
+With `launch.mirror`, a copy of the small files and the checkpoints is kept off the box
+(`runner.mirror`), from which `tunedeck resume --from` rebuilds the folder (`runner.mirror_fetch`).
 
 Viewers (the CLI, the app, a later login on a new box) only read these files. A state that says
 `running` whose process is gone (killed, rebooted box, another machine's volume) is reported as
@@ -163,6 +168,16 @@ class RunState(BaseModel):
     """The last interruption was `tunedeck stop` (autostart leaves such runs alone)."""
     peak_gpu_mem_gib: float | None = None
     """Peak GPU memory allocated by torch on rank 0 during the last segment."""
+
+    # The off-box mirror (`launch.mirror`); written only by the training's uploader thread.
+    mirror_url: str | None = None
+    """Where the run is mirrored: `<launch.mirror>/<run id>`."""
+    mirror_step: int | None = None
+    """Step of the newest checkpoint complete on the mirror (its manifest written)."""
+    mirror_at: str | None = None
+    """When that checkpoint's upload finished."""
+    mirror_error: str | None = None
+    """Why the last upload failed, in one line (cleared by the next one that succeeds)."""
 
 
 # ---------------------------------------------------------------- state.json

@@ -127,6 +127,9 @@ class Run:
         self.writes_state = int(os.environ.get("LOCAL_RANK", "0")) == 0
         self.secrets = secret_values()
         self.segment_started_s = time.time()
+        self.preset: Preset | None = None
+        self.mirror: Any = None
+        """`runner.mirror.Mirror` on rank 0 when `launch.mirror` is set."""
 
     def say(self, message: str) -> None:
         """One line in train.log, from rank 0 only."""
@@ -139,6 +142,12 @@ class Run:
         if self.writes_state:
             changes["updated_at"] = now_iso()
             update_state(self.run_dir, durable=durable, **changes)
+
+    def checkpoint_saved(self, step: int, urgent: bool) -> None:
+        """A checkpoint is complete on every rank; `urgent` when a stop is under way."""
+        self.set_state(durable=False, checkpoint_step=step)
+        if self.mirror is not None:
+            self.mirror.checkpoint_saved(step, urgent=urgent)
 
     def load_preset(self) -> Preset:
         path = self.run_dir / CONFIG_FILE
@@ -312,10 +321,51 @@ def main(argv: list[str] | None = None) -> int:
     run = Run(run_dir)
     output = RedactedOutput(run.secrets) if run.secrets else None
     try:
-        return _main(run, stopper, launched)
+        code = _main(run, stopper, launched)
+        _after_end(run)
+        return code
     finally:
         if output is not None:
             output.close()
+
+
+def _start_mirror(run: Run, preset: Preset) -> Any:
+    """The uploader thread of `launch.mirror`, on the one process that keeps the state."""
+    if not preset.launch.mirror or not (run.is_rank0 and run.writes_state):
+        return None
+    from runner.mirror import Mirror, MirrorError
+
+    try:
+        return Mirror(run.run_dir, preset.launch.mirror, run.say)
+    except (MirrorError, OSError) as exc:
+        run.say(f"{exc}; training goes on without the mirror")
+        return None
+
+
+def _after_end(run: Run) -> None:
+    """Once the end is recorded, on the process that keeps the state: the mirror catches up
+    (for at most `launch.mirror_wait_s`), the notification goes out (for at most
+    `notify.END_WAIT_S`) and the on_finish waiter starts. None of it can fail the run."""
+    if not run.writes_state:
+        return
+    if run.mirror is not None and run.preset is not None:
+        run.mirror.finish(run.preset.launch.mirror_wait_s)
+    state = read_state(run.run_dir)
+    if state is None or state.status in ("running", "stopping"):
+        return
+    from runner import notify, on_finish
+
+    reason = state.failure_reason
+    if state.status == "interrupted" and reason is None:
+        reason = "stopped with tunedeck stop" if state.stopped_by_user else "stopped by a signal"
+    sending = notify.notify_event(run.run_dir, state.status, reason)
+    if state.status in ("completed", "failed"):
+        try:
+            on_finish.start_waiter(run.run_dir)
+        except OSError as exc:
+            run.say(f"on_finish: cannot start its waiter ({exc.strerror})")
+    if sending is not None:
+        sending.join(notify.END_WAIT_S)
 
 
 def _main(run: Run, stopper: Any, launched: bool) -> int:
@@ -358,7 +408,8 @@ def _train(
     resume_step = resume.step if resume else 0
     preset: Preset | None = None
     try:
-        preset = run.load_preset()
+        preset = run.preset = run.load_preset()
+        run.mirror = _start_mirror(run, preset)
 
         def on_progress(step: int, max_steps: int | None, extra: dict[str, Any]) -> None:
             changes: dict[str, Any] = {"step": step, "max_steps": max_steps}
@@ -373,8 +424,7 @@ def _train(
             tokens_offset=_tokens_at(run.run_dir, resume_step) if resume else 0,
         )
         marker = CheckpointMarker(
-            checkpoints_dir,
-            on_saved=lambda step: run.set_state(durable=False, checkpoint_step=step),
+            checkpoints_dir, on_saved=lambda step: run.checkpoint_saved(step, stopper.requested)
         )
         trainer = build_trainer(
             preset, run.run_dir, callbacks=[stopper, marker, metrics], world_size=run.world_size

@@ -30,6 +30,7 @@ COMMAND_MODULES: dict[str, str] = {
     "eval": "tui.commands.eval_cmd",
     "compare": "tui.commands.compare_cmd",
     "autostart": "tui.commands.run_cmd",
+    "cancel-finish": "tui.commands.run_cmd",
     "watch": "tui.commands.watch_cmd",
 }
 

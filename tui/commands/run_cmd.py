@@ -240,10 +240,10 @@ def demo(
 # ---------------------------------------------------------------- runs / logs
 
 
-RUNS_COLUMNS = ("run", "status", "step", "loss", "elapsed", "ETA", "cost")
+RUNS_COLUMNS = ("run", "status", "step", "loss", "elapsed", "ETA", "cost", "mirror")
 # On a narrow terminal these columns go first, in this order: the run id is never cut or wrapped
 # (two runs of one preset differ only in their last characters).
-RUNS_DROP_ORDER = ("elapsed", "cost", "ETA", "loss")
+RUNS_DROP_ORDER = ("elapsed", "mirror", "cost", "ETA", "loss")
 COLUMN_GAP = 2  # the table's padding: one space each side of a column, none at the edges
 
 
@@ -263,6 +263,12 @@ def _row(s: RunSummary) -> dict[str, str]:
         status = "interrupted (stopped)"
     elif status == "failed" and st.failure_reason:
         status = f"failed: {_clip(one_line(st.failure_reason), 40)}"
+    from runner.mirror import mirror_text
+    from runner.on_finish import finish_text, read_finish
+
+    pending = read_finish(s.run_dir)
+    if pending is not None and pending.status == "waiting":
+        status += f" ({finish_text(pending)})"
     cells = (
         one_line(s.run_id),
         status,
@@ -271,6 +277,7 @@ def _row(s: RunSummary) -> dict[str, str]:
         _duration(s.elapsed_s),
         _duration(s.eta_s),
         f"${s.cost_usd:.2f}" if s.cost_usd is not None else "-",
+        one_line(mirror_text(st) or "-"),
     )
     return dict(zip(RUNS_COLUMNS, cells, strict=True))
 
@@ -286,8 +293,9 @@ def runs_columns(rows: list[dict[str, str]], width: int) -> list[str] | None:
             cells = [word for cell in cells for word in cell.split()]
         return max(cell_len(text) for text in [column, *cells])
 
-    columns = list(RUNS_COLUMNS)
-    drops = iter(RUNS_DROP_ORDER)
+    # The mirror's column only where some run has a mirror.
+    columns = [c for c in RUNS_COLUMNS if c != "mirror" or any(r[c] != "-" for r in rows)]
+    drops = iter(d for d in RUNS_DROP_ORDER if d in columns)
     while sum(needed(c) for c in columns) + COLUMN_GAP * (len(columns) - 1) > width:
         dropped = next(drops, None)
         if dropped is None:
@@ -415,7 +423,7 @@ def stop(
         before = store.get(run_dir)
         warnings = stop_run(run_dir, now=now)
     except RunError as exc:
-        fail(exc.lines)
+        fail(exc.lines + _finish_hint(store, run_id))
     for line in warnings:
         print_warning(line)
     if now:
@@ -455,6 +463,18 @@ def resume(
             "(not those stopped with `tunedeck stop`).",
         ),
     ] = False,
+    from_url: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="Recreate the run here from its mirror, URL/<run id> (launch.mirror), and "
+            "resume it from the newest checkpoint that checks out.",
+        ),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="With --from: take over a run whose box seems alive."),
+    ] = False,
     runs_dir: RunsDirOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -463,8 +483,21 @@ def resume(
     from tui.run_messages import resumed_text
 
     store = _store(runs_dir)
-    if all_interrupted == (run_id is not None):
-        fail(["give a run id or --all-interrupted (one of them)"])
+    if [all_interrupted, run_id is not None, from_url is not None].count(True) != 1:
+        fail(["give a run id, --from URL/<run id> or --all-interrupted (one of them)"])
+    if from_url is not None:
+        from runner.launch import resume_from
+
+        try:
+            if as_json:
+                result = resume_from(store.root, from_url, force=force)
+            else:
+                with console.status("fetching the run from its mirror..."):
+                    result = resume_from(store.root, from_url, force=force)
+        except RunError as exc:
+            fail(exc.lines)
+        _print_launched(result, as_json, "resumed")
+        return
     if run_id is not None:
         try:
             result = store.resume(run_id)
@@ -574,18 +607,39 @@ def _model_to_push(run_dir: Path, target: Path | None) -> Path | None:
 
 def autostart(
     cron: Annotated[bool, typer.Option("--cron", help="Print an @reboot crontab line.")] = False,
+    from_url: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="For a fresh box: resume this run from its mirror, URL/<run id>, at boot "
+            "(or from its own folder once it is here).",
+        ),
+    ] = None,
     runs_dir: RunsDirOption = None,
 ) -> None:
     """Print a systemd unit (or a cron line) that resumes interrupted runs when the box comes
-    back with the same volume."""
+    back with the same volume, or (--from) brings a run back from its mirror on a new box."""
+    import shlex
+
     from presets import locations
 
     root = locations.runs_dir(runs_dir).expanduser().absolute()
     exe = shutil.which("tunedeck") or f"{sys.executable} -m tui.cli"
     command = f"{exe} resume --all-interrupted --runs-dir {root}"
+    # With --from, the unit runs at every boot: a run that has completed since is no failure.
+    ignore_failure = ""
+    if from_url is not None:
+        command = f"{exe} resume --from {shlex.quote(from_url)} --runs-dir {root}"
+        ignore_failure = "-"
     if cron:
         console.print(
-            "# add with `crontab -e`; runs launched with --auto-resume are resumed at boot\n"
+            "# add with `crontab -e`; "
+            + (
+                "the run comes back from its mirror"
+                if from_url
+                else "runs launched with --auto-resume are resumed"
+            )
+            + " at boot\n"
             f"@reboot sleep 30 && {command} >> {root}/autostart.log 2>&1",
             soft_wrap=True,
             markup=False,
@@ -595,7 +649,8 @@ def autostart(
     console.print(
         "# save as /etc/systemd/system/tunedeck-resume.service, then:\n"
         "#   systemctl daemon-reload && systemctl enable tunedeck-resume.service\n"
-        "# Put HF_TOKEN and the like in an EnvironmentFile if the runs need them.\n"
+        "# Put HF_TOKEN, AWS_* (an s3:// mirror) and the like in an EnvironmentFile if the "
+        "runs need them.\n"
         "[Unit]\n"
         "Description=Resume interrupted tunedeck runs after a reboot\n"
         "Wants=network-online.target\n"
@@ -603,7 +658,7 @@ def autostart(
         "[Service]\n"
         "Type=oneshot\n"
         f"User={user}\n"
-        f"ExecStart={command}\n"
+        f"ExecStart={ignore_failure}{command}\n"
         "# The runs are detached children: keep them when this one-shot unit finishes.\n"
         "RemainAfterExit=yes\n"
         "KillMode=process\n\n"
@@ -612,6 +667,35 @@ def autostart(
         soft_wrap=True,
         markup=False,
     )
+
+
+def _finish_hint(store: RunStore, run_id: str) -> list[str]:
+    """For a refused stop: the run's on_finish action that is still waiting, if any."""
+    from runner.on_finish import finish_text, read_finish
+    from runner.runs import RunError
+
+    try:
+        pending = read_finish(store.resolve(run_id))
+    except RunError:
+        return []
+    if pending is None or pending.status != "waiting":
+        return []
+    return [f"{finish_text(pending)}; cancel it with: tunedeck cancel-finish {run_id}"]
+
+
+def cancel_finish(run_id: RunArg, runs_dir: RunsDirOption = None) -> None:
+    """Cancel a finished run's on_finish action (shutdown or command) during its grace period."""
+    from runner.on_finish import cancel
+    from runner.runs import RunError
+
+    store = _store(runs_dir)
+    try:
+        run_dir = store.resolve(run_id)
+        info = cancel(run_dir)
+    except RunError as exc:
+        fail(exc.lines)
+    what = "shutdown" if info.action == "shutdown" else info.action
+    console.print(Text(f"{run_dir.name}: on_finish cancelled ({what} will not run)"))
 
 
 def register(app: typer.Typer) -> None:
@@ -623,3 +707,4 @@ def register(app: typer.Typer) -> None:
     app.command("resume")(resume)
     app.command("merge")(merge)
     app.command("autostart")(autostart)
+    app.command("cancel-finish")(cancel_finish)

@@ -132,6 +132,9 @@ def stats_text(metrics: RunMetrics, summary: Any | None) -> Text:
             out.append(f" ({delta:+.0f} %)", "red" if delta > 10 else "")
     else:
         out.append(" · no plan estimate")
+    mirror = _mirror_text(summary.state) if summary is not None else None
+    if mirror is not None:
+        out.append(f"\nmirror {mirror}", "red" if summary.state.mirror_error else "")
     return out
 
 
@@ -152,12 +155,31 @@ def samples_text(samples: list[dict[str, Any]]) -> Text:
     return out
 
 
+def _mirror_text(state: Any) -> str | None:
+    from runner.mirror import mirror_text
+
+    return mirror_text(state)
+
+
+def finish_line(info: Any) -> Text | None:
+    """The run's on_finish countdown (or what became of it), None when it has none."""
+    from runner.on_finish import finish_text
+
+    words = finish_text(info)
+    if words is None:
+        return None
+    if info.status == "waiting":
+        return Text.assemble((words, "bold yellow"), ("  (c cancels)", "yellow"))
+    return Text(words, "dim")
+
+
 class MonitorScreen(Screen[None]):
     """One run, live."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("s", "stop", "stop"),
         Binding("r", "resume", "resume"),
+        Binding("c", "cancel_finish", "cancel on-finish", show=False),
         Binding("l", "full_log", "full log"),
         Binding("v", "evaluate", "eval"),
         Binding("slash", "search", "search"),
@@ -178,6 +200,13 @@ class MonitorScreen(Screen[None]):
             super().__init__()
             self.records = records
             self.reset = reset
+
+    class FinishRead(Message):
+        """The run's on-finish.json, read by the poll worker."""
+
+        def __init__(self, info: Any) -> None:
+            super().__init__()
+            self.info = info
 
     class LogWindow(Message):
         """Lines read for scroll-back or a search."""
@@ -203,10 +232,12 @@ class MonitorScreen(Screen[None]):
         self._samples_tail: Any = None
         self.samples: list[dict[str, Any]] = []
         """The newest step's sample answers."""
+        self._finish: Any | None = None
 
     def compose(self) -> ComposeResult:
         yield Static(Text(f"{self.run}  reading…"), id="monitor-header", classes="title-bar")
         yield Static("", id="monitor-warning")
+        yield Static("", id="monitor-finish")
         with Horizontal(id="monitor-top"):
             chart = LossChart(id="loss-chart")
             chart.border_title = "loss"
@@ -271,6 +302,18 @@ class MonitorScreen(Screen[None]):
         box = self.query_one("#monitor-samples", Static)
         box.display = bool(self.samples)
         box.update(samples_text(self.samples))
+        if self.summary is not None:
+            from runner.on_finish import read_finish
+
+            self.post_message(self.FinishRead(read_finish(self.summary.run_dir)))
+
+    @on(FinishRead)
+    def _finish_read(self, message: FinishRead) -> None:
+        self._finish = message.info
+        line = finish_line(message.info)
+        box = self.query_one("#monitor-finish", Static)
+        box.display = line is not None
+        box.update(line or "")
 
     @on(Polled)
     def _polled(self, message: Polled) -> None:
@@ -483,6 +526,24 @@ class MonitorScreen(Screen[None]):
 
     def action_evaluate(self) -> None:
         self.app.open_eval(self.summary.run_id if self.summary else self.run)  # type: ignore[attr-defined]
+
+    def action_cancel_finish(self) -> None:
+        if self._finish is None or self._finish.status != "waiting" or self.summary is None:
+            self.notify("no on-finish action is waiting", severity="warning")
+            return
+        self._cancel_finish(self.summary.run_dir)
+
+    @work(thread=True, group="run-control", exit_on_error=False)
+    def _cancel_finish(self, run_dir: Any) -> None:
+        from runner.on_finish import cancel
+        from runner.runs import RunError
+
+        try:
+            cancel(run_dir)
+        except RunError as exc:
+            self.app.call_from_thread(self.notify, "\n".join(exc.lines), severity="error")
+            return
+        self.app.call_from_thread(self.notify, "on-finish cancelled")
 
     def action_resume(self) -> None:
         run_id = self.summary.run_id if self.summary is not None else self.run

@@ -29,7 +29,7 @@ ALL_LINEAR = "all-linear"
 class FieldSpec:
     path: str
     """Dotted path in the preset, e.g. `lora.r`."""
-    kind: Literal["text", "number", "choice", "bool", "yaml", "modules"]
+    kind: Literal["text", "number", "choice", "bool", "yaml", "modules", "lines"]
     choices: tuple[str, ...]
     optional: bool
     help: str
@@ -74,6 +74,8 @@ def schema_fields(model: type[BaseModel], prefix: str = "") -> list[FieldSpec]:
             out.append(FieldSpec(path, "number", (), optional, help_text, default))
         elif origin is dict or annotation is dict:
             out.append(FieldSpec(path, "yaml", (), optional, help_text, default))
+        elif origin is list:
+            out.append(FieldSpec(path, "lines", (), optional, help_text, default))
         elif origin in (Union, types.UnionType) and any(
             get_origin(a) is list for a in get_args(annotation)
         ):
@@ -108,6 +110,8 @@ def to_text(spec: FieldSpec, value: Any) -> str:
         return yaml_io.dump(value, width=80) if value else ""
     if spec.kind == "modules":
         return value if isinstance(value, str) else ", ".join(value)
+    if spec.kind == "lines":
+        return "\n".join(str(v) for v in value)
     if spec.kind == "bool":
         return "true" if value else "false"
     return str(value)
@@ -116,6 +120,9 @@ def to_text(spec: FieldSpec, value: Any) -> str:
 def from_text(spec: FieldSpec, text: str) -> tuple[bool, Any]:
     """(present, value) from an input's text; empty optional fields are left out."""
     stripped = text.strip()
+    if spec.kind == "lines":
+        # One item a line: URLs may hold commas, so no separator but the line break.
+        return True, [line.strip() for line in stripped.splitlines() if line.strip()]
     if not stripped:
         if spec.kind == "yaml":
             return True, {}
@@ -172,7 +179,7 @@ class PresetForm(VerticalScroll):
         if spec.kind in ("choice", "bool"):
             options = [(c, c) for c in spec.choices]
             return Select(options, id=spec.widget_id, allow_blank=True, prompt="(not set)")
-        if spec.kind == "yaml":
+        if spec.kind in ("yaml", "lines"):
             area = TextArea(id=spec.widget_id, classes="form-yaml", tab_behavior="indent")
             area.show_line_numbers = False
             return area
