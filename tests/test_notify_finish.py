@@ -129,7 +129,9 @@ def test_a_failed_run_notifies_with_its_reason_and_runs_on_finish(
 ) -> None:
     model = tmp_path / "model"
     shutil.copytree(demo_home / "data" / "demo" / "model", model)
-    (model / "model.safetensors").unlink()  # preflight sees a model folder; loading fails
+    # Pre-flight sees a whole model folder; the trainer cannot build an unknown architecture.
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "model_type": "nosuchmodel"}))
     marker = tmp_path / "failed.txt"
     run_dir = launch_json(
         tunedeck,

@@ -290,6 +290,10 @@ class MonitorScreen(Screen[None]):
             records = self._samples_tail.read_new()
             if records or self._samples_tail.was_reset:
                 self.post_message(self.SamplesPolled(records, self._samples_tail.was_reset))
+        if self.summary is not None:
+            from runner.on_finish import read_finish
+
+            self.post_message(self.FinishRead(read_finish(self.summary.run_dir)))
 
     @on(SamplesPolled)
     def _samples_polled(self, message: SamplesPolled) -> None:
@@ -302,10 +306,6 @@ class MonitorScreen(Screen[None]):
         box = self.query_one("#monitor-samples", Static)
         box.display = bool(self.samples)
         box.update(samples_text(self.samples))
-        if self.summary is not None:
-            from runner.on_finish import read_finish
-
-            self.post_message(self.FinishRead(read_finish(self.summary.run_dir)))
 
     @on(FinishRead)
     def _finish_read(self, message: FinishRead) -> None:
