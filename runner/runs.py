@@ -161,6 +161,19 @@ class RunState(BaseModel):
     """The last interruption was `tunedeck stop` (autostart leaves such runs alone)."""
     peak_gpu_mem_gib: float | None = None
     """Peak GPU memory allocated by torch on rank 0 during the last segment."""
+    watchdog: str | None = None
+    """The watchdog's findings in force, ` | `-separated (`runner.watchdog`); written by the
+    training process."""
+    watchdog_stopped: bool = False
+    """The watchdog stopped the last segment (collapse, non-finite values): autostart leaves the
+    run to a person, who changes it before resuming."""
+    preemption: str | None = None
+    """The cloud's newest word to this machine: a spot notice or a rebalance recommendation."""
+    progress_at: str | None = None
+    """Last sign of progress (a step, an evaluation batch, a checkpoint growing), for the stall
+    judgement of `runner.watchdog.stall_reason`."""
+    stall_after_s: float | None = None
+    """Seconds without progress after which the run counts as stalled, at its measured pace."""
 
 
 # ---------------------------------------------------------------- state.json
@@ -475,6 +488,9 @@ class RunSummary:
     """Seconds left at the current segment's pace (None when not running or unknown)."""
     cost_usd: float | None = None
     projected_cost_usd: float | None = None
+    alert: str | None = None
+    """What is wrong with a live run: a stall judged from its heartbeat, or the watchdog's
+    findings."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -491,6 +507,7 @@ class RunSummary:
             "eta_s": self.eta_s,
             "cost_usd": self.cost_usd,
             "projected_cost_usd": self.projected_cost_usd,
+            "alert": self.alert,
             "state": self.state.model_dump(mode="json"),
         }
 
@@ -544,7 +561,20 @@ def summarize(run_dir: Path, state: RunState, now_s: float | None = None) -> Run
         eta_s=eta_s,
         cost_usd=cost,
         projected_cost_usd=projected,
+        alert=_alert(state, status, now_s),
     )
+
+
+def _alert(state: RunState, status: str, now_s: float) -> str | None:
+    from runner.watchdog import FINDINGS_JOIN, stall_reason
+
+    if status not in ACTIVE:
+        return None
+    stall = stall_reason(state, now_s)
+    # The trainer's own stall finding says less than the one judged here, now.
+    found = [f for f in (state.watchdog or "").split(FINDINGS_JOIN) if f]
+    found = [f for f in found if not (stall and f.startswith("stalled"))]
+    return FINDINGS_JOIN.join([stall, *found] if stall else found) or None
 
 
 def _num(value: Any) -> bool:

@@ -5,7 +5,9 @@ newest complete checkpoint if there is one, and reports through the run folder o
 writes state.json and metrics.jsonl; every rank's output goes to train.log. On SIGTERM it writes
 a checkpoint at the next step boundary and exits with status `interrupted`; a SIGTERM before the
 first step (the launcher starts it with the signal blocked, so none is lost while Python starts)
-ends it at once, with nothing to save. It holds the run's lock (`runner.run_lock`) for its life.
+ends it at once, with nothing to save. A cloud's preemption notice (`runner.preempt`) and the
+watchdog's collapse or non-finite findings (`runner.watchdog`) take the same path, with their
+reason in state.json. It holds the run's lock (`runner.run_lock`) for its life.
 
 This module imports the training stack at import time; nothing else in tunedeck imports it.
 """
@@ -179,6 +181,11 @@ class Run:
             failure_reason=None,
             steps_started_at=None,
             stopped_by_user=False,
+            watchdog=None,
+            watchdog_stopped=False,
+            preemption=None,
+            progress_at=None,
+            stall_after_s=None,
         )
 
     def record_end(self, status: str, exit_code: int, reason: str | None = None, **extra: Any):
@@ -332,13 +339,14 @@ def _main(run: Run, stopper: Any, launched: bool) -> int:
         return _train(run, stopper, resume, checkpoints_dir)
     except StopBeforeTraining:
         by_user = (run.run_dir / STOP_REQUEST_FILE).exists()
+        why = f"{stopper.stop_reason}; " if stopper.stop_reason else ""
         run.record_end(
             "interrupted",
             0,
-            "stopped before the first step; a resume starts where the run was",
+            f"{why}stopped before the first step; a resume starts where the run was",
             stopped_by_user=by_user,
         )
-        run.say("stopped before the first step")
+        run.say(f"{why}stopped before the first step")
         return 0
     except BaseException as exc:
         return _record_failure(run, exc, preset)
@@ -349,7 +357,13 @@ def _train(
 ) -> int:
     _quiet_libraries()
     from runner.train_build import BuildFailure, build_trainer
-    from runner.train_callbacks import CheckpointMarker, MetricsWriter
+    from runner.train_callbacks import (
+        CheckpointMarker,
+        MetricsWriter,
+        WatchdogHooks,
+        cut_evaluation_short,
+        missed_evaluation,
+    )
 
     if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
         # CPU runs are demos and tests on small models: extra threads gain little there and
@@ -357,14 +371,28 @@ def _train(
         torch.set_num_threads(1)
     resume_step = resume.step if resume else 0
     preset: Preset | None = None
+    watcher = watchdog = None
     try:
         preset = run.load_preset()
+        watcher = _watch_preemption(run, stopper, preset)
+        watchdog = _make_watchdog(run, stopper, preset, checkpoints_dir)
 
         def on_progress(step: int, max_steps: int | None, extra: dict[str, Any]) -> None:
             changes: dict[str, Any] = {"step": step, "max_steps": max_steps}
             if extra.get("steps_started"):
                 changes["steps_started_at"] = now_iso()
+            changes["progress_at"] = now_iso()
+            if watchdog is not None:
+                changes.update(watchdog.heartbeat_fields())
             run.set_state(durable=False, **changes)
+
+        def beat() -> None:
+            run.set_state(durable=False, progress_at=now_iso())
+
+        def on_saved(step: int) -> None:
+            run.set_state(durable=False, checkpoint_step=step)
+            if watchdog is not None:
+                watchdog.saved(checkpoints_dir / f"checkpoint-{step}")
 
         metrics = MetricsWriter(
             run.run_dir / METRICS_FILE,
@@ -374,11 +402,20 @@ def _train(
         )
         marker = CheckpointMarker(
             checkpoints_dir,
-            on_saved=lambda step: run.set_state(durable=False, checkpoint_step=step),
+            on_saved=on_saved,
+            before_save=watchdog.saving if watchdog is not None else None,
         )
-        trainer = build_trainer(
-            preset, run.run_dir, callbacks=[stopper, marker, metrics], world_size=run.world_size
-        )
+        callbacks: list[Any] = [stopper, marker, metrics]
+        if watchdog is not None:
+            callbacks.append(WatchdogHooks(watchdog, beat))
+        trainer = build_trainer(preset, run.run_dir, callbacks=callbacks, world_size=run.world_size)
+        cut_evaluation_short(trainer, marker)
+        missed = missed_evaluation(resume.path, trainer.args) if resume is not None else None
+        if missed is not None:
+            run.say(f"the evaluation of step {missed} was cut short by the stop: making it up")
+            trainer.args.eval_on_start = True
+        if watchdog is not None:
+            watchdog.start(beat)
         if resume is not None and _finished_checkpoint(resume):
             # Stopped or killed at the last step: that checkpoint is the final model.
             from transformers import TrainerState
@@ -405,8 +442,22 @@ def _train(
                 stopper.requested = False
             else:
                 by_user = (run.run_dir / STOP_REQUEST_FILE).exists()
-                run.record_end("interrupted", 0, step=step, stopped_by_user=by_user, **peak)
-                run.say(f"stopped at step {step}; checkpoint-{step} written")
+                reason = stopper.stop_reason
+                run.record_end(
+                    "interrupted",
+                    0,
+                    reason,
+                    step=step,
+                    stopped_by_user=by_user,
+                    watchdog_stopped=stopper.cause == "the watchdog",
+                    **peak,
+                )
+                cut = stopper.evaluation_cut_at
+                run.say(
+                    f"stopped at step {step}; checkpoint-{step} written"
+                    + (f" (the evaluation of step {cut} was cut short)" if cut else "")
+                    + (f": {reason}" if reason else "")
+                )
                 return 0
         output_dir = run.run_dir / OUTPUT_DIR
         trainer.save_model(str(output_dir))
@@ -425,6 +476,74 @@ def _train(
         if isinstance(exc, StopBeforeTraining):
             raise
         return _record_failure(run, exc, preset)
+    finally:
+        for helper in (watcher, watchdog):
+            if helper is not None:
+                helper.close()
+
+
+def _watch_preemption(run: Run, stopper: Any, preset: Preset) -> Any:
+    """Watch the cloud's preemption notice on the process that keeps this machine's state
+    (each machine is warned of its own end); a notice stops the run like SIGTERM."""
+    if not run.writes_state:
+        return None
+    from runner import preempt
+
+    def on_notice(notice: preempt.Notice) -> None:
+        reason = notice.reason()
+        stopper.request_stop("a preemption notice", reason)
+        run.set_state(preemption=reason)
+        run.say(f"{reason}: checkpointing at the next step boundary")
+        if not stopper.training:
+            _stop_before_training(run)
+
+    def on_warning(notice: preempt.Notice) -> None:
+        run.set_state(preemption=notice.reason())
+        run.say(notice.reason())
+
+    launch = preset.launch
+    return preempt.start_watcher(
+        launch.preemption, launch.preemption_poll_s, on_notice, on_warning, run.say
+    )
+
+
+def _stop_before_training(run: Run) -> None:
+    """Nothing to save yet: end as a SIGTERM would (the handler runs in the main thread); the
+    whole process group under torchrun, whose workers are all still starting."""
+    if run.world_size > 1:
+        os.killpg(os.getpgid(0), signal.SIGTERM)
+    else:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _make_watchdog(run: Run, stopper: Any, preset: Preset, checkpoints_dir: Path) -> Any:
+    """The watchdog of this machine's training, or None when `launch.watchdog` is off."""
+    spec = preset.launch.watchdog
+    if not spec.enabled or not run.writes_state:
+        return None
+    from runner.watchdog import Watchdog
+
+    gpus = None
+    if torch.cuda.is_available():
+        from runner.gpu import GpuSource
+
+        gpus = GpuSource(with_processes=False)
+
+    def report(**fields: Any) -> None:
+        try:
+            run.set_state(durable=False, **fields)
+        except OSError as exc:  # a full disk: the log line is what there is
+            run.say(f"watchdog: cannot write state.json ({exc.strerror})")
+
+    return Watchdog(
+        spec,
+        checkpoints_dir,
+        report=report,
+        say=run.say,
+        request_stop=lambda reason: stopper.request_stop("the watchdog", reason),
+        gpus=gpus,
+        gpu_indices=range(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))),
+    )
 
 
 def _record_failure(run: Run, exc: BaseException, preset: Preset | None) -> int:

@@ -185,8 +185,10 @@ def _row(s: RunSummary) -> list[str]:
     status: str = st.status
     if status == "interrupted" and st.stopped_by_user:
         status = "interrupted (stopped)"
-    elif status == "failed" and st.failure_reason:
-        status = f"failed: {st.failure_reason[:40]}"
+    elif status in ("interrupted", "failed") and st.failure_reason:
+        status = f"{status}: {st.failure_reason[:40]}"
+    elif s.alert:
+        status = f"{status}: {s.alert[:40]}"
     return [
         s.run_id,
         status,
@@ -356,6 +358,8 @@ def resume(
     for s in store.list():
         if s.state.status != "interrupted" or not s.state.auto_resume or s.state.stopped_by_user:
             continue
+        if s.state.watchdog_stopped:
+            continue  # collapsed or non-finite: a person changes the run first
         if (s.run_dir / STOP_REQUEST_FILE).exists():
             continue  # stopped by the user before the run could record it
         try:

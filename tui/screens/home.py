@@ -34,6 +34,8 @@ def run_row(summary: Any) -> tuple[Text, ...]:
     status = Text(state.status, STATUS_STYLE.get(state.status, ""))
     if state.status == "interrupted":
         status.append(" (r)", "bold")
+    if summary.alert:
+        status.append(" !", "bold red")  # the monitor says what
     max_steps = count(state.max_steps) if state.max_steps else "?"
     return (
         Text(summary.run_id, no_wrap=True, overflow="ellipsis"),

@@ -49,6 +49,10 @@ def header_text(summary: Any, width: int) -> Text:
         out.append(" ([r] resumes)", "yellow")
     if state.status == "failed" and state.failure_reason:
         out.append(f" ({state.failure_reason})", "red")
+    elif state.status == "interrupted" and state.failure_reason:
+        out.append(f" ({state.failure_reason})", "yellow")
+    if summary.alert:
+        out.append(f" ! {summary.alert}", "bold red")
     total = state.max_steps
     out.append(f"  step {count(state.step)}/{count(total) if total else '?'} ")
     fraction = state.step / total if total else None
