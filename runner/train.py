@@ -475,7 +475,10 @@ def _train(
 
         if isinstance(exc, StopBeforeTraining):
             raise
-        return _record_failure(run, exc, preset)
+        # Torch's archive writer reports a short write on a full disk in its own words
+        # ("unexpected pos ..."); the watchdog knew the disk would not take the checkpoint.
+        disk_warned = watchdog is not None and "disk" in watchdog.findings
+        return _record_failure(run, exc, preset, disk_warned)
     finally:
         for helper in (watcher, watchdog):
             if helper is not None:
@@ -546,7 +549,9 @@ def _make_watchdog(run: Run, stopper: Any, preset: Preset, checkpoints_dir: Path
     )
 
 
-def _record_failure(run: Run, exc: BaseException, preset: Preset | None) -> int:
+def _record_failure(
+    run: Run, exc: BaseException, preset: Preset | None, disk_warned: bool = False
+) -> int:
     """Every failure is recorded in the run folder before the process leaves: the state first,
     then the traceback into train.log (which, on a full disk, may not take it)."""
     if isinstance(exc, KeyboardInterrupt):
@@ -560,7 +565,7 @@ def _record_failure(run: Run, exc: BaseException, preset: Preset | None) -> int:
         fix = _planner_fix(preset) if preset is not None else None
         code, status, extra = 1, "failed", {"fix": fix}
         reason = "CUDA out of memory" + (f"; fix: {fix}" if fix else "")
-    elif _disk_full(exc):
+    elif _disk_full(exc) or disk_warned:
         code, status, reason, extra = 1, "failed", _disk_full_reason(run.run_dir, exc), {}
     else:
         first = (str(exc).strip().splitlines() or [""])[0]

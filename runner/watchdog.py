@@ -67,6 +67,15 @@ def duration_text(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
+def size_text(size_bytes: float) -> str:
+    """`512 B`, `277 KiB`, `14.2 MiB`, `1.4 GiB`."""
+    for unit, scale in (("GiB", GIB), ("MiB", MIB), ("KiB", 1024)):
+        if size_bytes >= scale:
+            value = size_bytes / scale
+            return f"{value:.1f} {unit}" if value < 100 else f"{value:.0f} {unit}"
+    return f"{size_bytes:.0f} B"
+
+
 def stall_reason(state: RunState, now_s: float | None = None) -> str | None:
     """Why a running run looks stalled, judged from state.json alone, or None. The one stall
     judgement for every viewer: `runs`, `watch` and the app."""
@@ -349,8 +358,8 @@ class Watchdog:
             return
         self._set(
             "disk",
-            f"disk: {free / MIB:.0f} MiB free, the next checkpoint needs about "
-            f"{self.checkpoint_bytes / MIB:.0f} MiB ({self._checkpoint_name}); free some space "
+            f"disk: {size_text(free)} free, the next checkpoint needs about "
+            f"{size_text(self.checkpoint_bytes)} ({self._checkpoint_name}); free some space "
             "before the next save",
         )
 

@@ -161,7 +161,7 @@ def test_disk_warning_before_a_save_that_would_not_fit(tmp_path: Path, monkeypat
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(100 * 2**20, 0, 5 * 2**20))
     dog.saving(first.parent / "checkpoint-10")
     text = rec.state["watchdog"]
-    assert text.startswith("disk: 5 MiB free, the next checkpoint needs about 4 MiB")
+    assert text.startswith("disk: 5.0 MiB free, the next checkpoint needs about 4.0 MiB")
     assert "(checkpoint-5)" in text
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(100 * 2**20, 0, 7 * 2**20))
     dog.tick()
