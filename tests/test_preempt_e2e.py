@@ -274,3 +274,59 @@ def test_auto_on_this_machine_reaches_no_address(
     assert state.pid in started and len(started) >= 2, "the recorder ran in the CLI and trainer"
     attempts = [r for r in records if r["what"] != "started"]
     assert attempts == []
+
+
+def test_a_notice_before_the_first_step_ends_the_run_at_once(
+    demo_home: Path, tunedeck: Any
+) -> None:
+    with MetadataServer("azure") as server:
+        server.notice.set()  # already there when the trainer starts
+        run_dir = launch_json(
+            tunedeck, "demo", "--name", "early", *set_args(["launch.preemption=azure"]),
+            env=server.env(),
+        )  # fmt: skip
+        wait_for(lambda: finished(run_dir), 180, "the stop")
+        wait_for(lambda: run_lock.is_held(run_dir) is False, 60, "the trainer to exit")
+    state = read_state(run_dir)
+    assert state is not None and state.status == "interrupted", state
+    assert re.fullmatch(
+        REASONS["azure"] + "; stopped before the first step; a resume starts where the run was",
+        state.failure_reason or "",
+    ), state.failure_reason
+    assert state.step == 0 and logged_step(run_dir) == 0
+    assert not (run_dir / "checkpoints").exists() or not any((run_dir / "checkpoints").iterdir())
+
+
+def test_two_processes_agree_on_the_notice_rank_0_saw(demo_home: Path, tunedeck: Any) -> None:
+    """torchrun with two gloo workers: only rank 0 watches; the all-reduce of the stop flag
+    carries the notice to rank 1, both save their part of one checkpoint and leave."""
+    sets = [
+        "launch.num_gpus=2", "launch.strategy=ddp", "training.max_steps=16",
+        "training.eval_strategy='no'", "training.max_length=64", "launch.preemption=gcp",
+        f"launch.preemption_poll_s={POLL_S}",
+    ]  # fmt: skip
+    args = [a for s in sets for a in ("--set", s)]
+    with MetadataServer("gcp") as server:
+        env = server.env()
+        run_dir = launch_json(tunedeck, "demo", "--name", "two", *args, env=env)
+        wait_for(lambda: logged_step(run_dir) >= 3 or finished(run_dir), 300, "step 3", 0.01)
+        assert not finished(run_dir), "the run ended before the notice"
+        server.notice.set()
+        wait_for(lambda: finished(run_dir), 300, "the stop")
+        wait_for(lambda: run_lock.is_held(run_dir) is False, 120, "both workers to exit")
+        state = read_state(run_dir)
+        log = (run_dir / "train.log").read_text()
+        assert state is not None and state.status == "interrupted", log[-3000:]
+        assert state.failure_reason == "spot notice (gcp), about 30 s"
+        assert state.step < 16
+        folder = run_dir / "checkpoints" / f"checkpoint-{state.step}"
+        assert inspect_checkpoint(folder).complete
+        assert {"rng_state_0.pth", "rng_state_1.pth"} <= {p.name for p in folder.iterdir()}
+        assert log.count("preemption watch (gcp): polling") == 1  # rank 0 alone watches
+        server.notice.clear()
+        out = tunedeck("resume", "two", env=env)
+        assert out.returncode == 0, out.stderr
+        wait_for(lambda: finished(run_dir) and read_state(run_dir).step == 16, 300, "the end")
+    state = read_state(run_dir)
+    assert state is not None and state.status == "completed", state
+    assert sorted(losses(run_dir)) == list(range(1, 17))
