@@ -410,10 +410,6 @@ def _train(
             callbacks.append(WatchdogHooks(watchdog, beat))
         trainer = build_trainer(preset, run.run_dir, callbacks=callbacks, world_size=run.world_size)
         cut_evaluation_short(trainer, marker)
-        missed = missed_evaluation(resume.path, trainer.args) if resume is not None else None
-        if missed is not None:
-            run.say(f"the evaluation of step {missed} was cut short by the stop: making it up")
-            trainer.args.eval_on_start = True
         if watchdog is not None:
             watchdog.start(beat)
         if resume is not None and _finished_checkpoint(resume):
@@ -425,6 +421,10 @@ def _train(
             trainer.state = TrainerState.load_from_json(str(resume.path / "trainer_state.json"))
             run.say(f"{resume.path.name} is the last step: completing without training")
         else:
+            missed = missed_evaluation(resume.path, trainer.args) if resume else None
+            if missed is not None:
+                run.say(f"the evaluation of step {missed} was cut short by the stop: making it up")
+                trainer.args.eval_on_start = True
             trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
         step = trainer.state.global_step
         peak: dict[str, Any] = {"peak_gpu_mem_gib": metrics.peak_gpu_mem_gib}
@@ -492,17 +492,21 @@ def _watch_preemption(run: Run, stopper: Any, preset: Preset) -> Any:
         return None
     from runner import preempt
 
+    def record(reason: str, then: str = "") -> None:
+        try:
+            run.set_state(preemption=reason)
+        except OSError as exc:  # a full disk: the stop goes on, the log says why
+            run.say(f"cannot write state.json ({exc.strerror})")
+        run.say(reason + then)
+
     def on_notice(notice: preempt.Notice) -> None:
-        reason = notice.reason()
-        stopper.request_stop("a preemption notice", reason)
-        run.set_state(preemption=reason)
-        run.say(f"{reason}: checkpointing at the next step boundary")
+        stopper.request_stop("a preemption notice", notice.reason())
+        record(notice.reason(), ": checkpointing at the next step boundary")
         if not stopper.training:
             _stop_before_training(run)
 
     def on_warning(notice: preempt.Notice) -> None:
-        run.set_state(preemption=notice.reason())
-        run.say(notice.reason())
+        record(notice.reason())
 
     launch = preset.launch
     return preempt.start_watcher(

@@ -93,16 +93,17 @@ def test_a_sigstopped_trainer_is_reported_stalled(
         tunedeck, "demo", "--name", "frozen", *ENDLESS,
         "--set", "launch.watchdog.stall_min_s=2", "--set", "launch.watchdog.ram_warn_pct=0.001",
     )  # fmt: skip
+    wait_for(lambda: logged_step(run_dir) >= 5, 240, "some steps", poll_s=0.1)
     state = wait_for(
-        lambda: (s := read_state(run_dir)) and s.pgid and s.stall_after_s == 2.0 and s,
-        240,
-        "the measured pace",
+        lambda: (s := read_state(run_dir)) and s.pgid and s.stall_after_s and s,
+        60,
+        "the stall threshold",
         poll_s=0.1,
     )
     stoppable.append(state.pgid)
     listed = _runs_json(tunedeck)["frozen"]
     assert listed["status"] == "running"
-    assert listed["alert"].startswith("host RAM "), listed["alert"]  # a warning, no stall
+    assert "host RAM " in listed["alert"], listed["alert"]  # a warning in force
     os.killpg(state.pgid, signal.SIGSTOP)
     stalled = wait_for(
         lambda: "stalled" in (_runs_json(tunedeck)["frozen"]["alert"] or ""), 120, "the stall"
