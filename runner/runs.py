@@ -224,16 +224,19 @@ def make_reserve(run_dir: Path) -> None:
         pass  # without a reserve a full disk may keep the last state unwritten, nothing worse
 
 
-def write_state(run_dir: Path | str, state: RunState, durable: bool = True) -> None:
+def write_state(
+    run_dir: Path | str, state: RunState, durable: bool = True, spend_reserve: bool = True
+) -> None:
     """Write `state.json` atomically (owner-only permissions). On a full disk the run's reserve
-    file is given up so that this write (the one that says why the run ended) still lands."""
+    file is given up so that this write (the one that says why the run ended) still lands;
+    `spend_reserve=False` keeps it for that write (a warning must not use it up)."""
     run_dir = Path(run_dir)
     text = state.model_dump_json(indent=2) + "\n"
     try:
         write_atomic(run_dir / STATE_FILE, text, durable)
     except OSError as exc:
         reserve = run_dir / RESERVE_FILE
-        if exc.errno != errno.ENOSPC or not reserve.exists():
+        if exc.errno != errno.ENOSPC or not reserve.exists() or not spend_reserve:
             raise
         reserve.unlink()
         write_atomic(run_dir / STATE_FILE, text, durable)
@@ -297,7 +300,9 @@ def recovered_state(run_dir: Path, problem: str) -> RunState:
 STATE_LOCK_FILE = ".state.lock"
 
 
-def update_state(run_dir: Path | str, durable: bool = True, **changes: Any) -> RunState | None:
+def update_state(
+    run_dir: Path | str, durable: bool = True, spend_reserve: bool = True, **changes: Any
+) -> RunState | None:
     """Read, change and write back the state under the state lock; None when there is no
     readable state (or the run folder is gone)."""
     import fcntl
@@ -313,7 +318,7 @@ def update_state(run_dir: Path | str, durable: bool = True, **changes: Any) -> R
         if state is None:
             return None
         new = RunState.model_validate({**state.model_dump(), **changes})
-        write_state(run_dir, new, durable=durable)
+        write_state(run_dir, new, durable=durable, spend_reserve=spend_reserve)
         return new
     finally:
         os.close(lock_fd)

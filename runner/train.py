@@ -137,10 +137,10 @@ class Run:
             with contextlib.suppress(OSError):
                 print(f"tunedeck: {message}", flush=True)
 
-    def set_state(self, durable: bool = True, **changes: Any) -> None:
+    def set_state(self, durable: bool = True, spend_reserve: bool = True, **changes: Any) -> None:
         if self.writes_state:
             changes["updated_at"] = now_iso()
-            update_state(self.run_dir, durable=durable, **changes)
+            update_state(self.run_dir, durable=durable, spend_reserve=spend_reserve, **changes)
 
     def load_preset(self) -> Preset:
         path = self.run_dir / CONFIG_FILE
@@ -494,7 +494,7 @@ def _watch_preemption(run: Run, stopper: Any, preset: Preset) -> Any:
 
     def record(reason: str, then: str = "") -> None:
         try:
-            run.set_state(preemption=reason)
+            run.set_state(spend_reserve=False, preemption=reason)
         except OSError as exc:  # a full disk: the stop goes on, the log says why
             run.say(f"cannot write state.json ({exc.strerror})")
         run.say(reason + then)
@@ -538,7 +538,8 @@ def _make_watchdog(run: Run, stopper: Any, preset: Preset, checkpoints_dir: Path
 
     def report(**fields: Any) -> None:
         try:
-            run.set_state(durable=False, **fields)
+            # The disk's reserve is for the run's last words, not for a warning.
+            run.set_state(durable=False, spend_reserve=False, **fields)
         except OSError as exc:  # a full disk: the log line is what there is
             run.say(f"watchdog: cannot write state.json ({exc.strerror})")
 
