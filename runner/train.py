@@ -384,10 +384,11 @@ def _train(
             changes["progress_at"] = now_iso()
             if watchdog is not None:
                 changes.update(watchdog.heartbeat_fields())
-            run.set_state(durable=False, **changes)
+            # A heartbeat is never the run's last word: the disk reserve is kept for that.
+            run.set_state(durable=False, spend_reserve=False, **changes)
 
         def beat() -> None:
-            run.set_state(durable=False, progress_at=now_iso())
+            run.set_state(durable=False, spend_reserve=False, progress_at=now_iso())
 
         def on_saved(step: int) -> None:
             run.set_state(durable=False, checkpoint_step=step)
