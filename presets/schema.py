@@ -149,6 +149,11 @@ class LaunchSpec(_Strict):
     watchdog: WatchdogSpec = Field(default_factory=WatchdogSpec)
     """Loss collapse, non-finite values, stalls, disk and RAM checks during training."""
 
+    @field_validator("preemption", mode="before")
+    @classmethod
+    def _preemption_off(cls, value: Any) -> Any:
+        return "off" if value is False else value  # YAML reads a bare `off` as false
+
     @field_validator("watchdog", mode="before")
     @classmethod
     def _watchdog_switch(cls, value: Any) -> Any:

@@ -72,6 +72,17 @@ def test_the_cloud_is_recognised_from_dmi_data_alone(
     assert detect_cloud(tmp_path / "no-such-folder") is None
 
 
+def test_the_preset_field_takes_yaml_as_people_write_it() -> None:
+    from presets.store import PresetError, load_preset
+
+    assert load_preset("demo", ["launch.preemption=off"]).launch.preemption == "off"
+    assert load_preset("demo", ["launch.watchdog=false"]).launch.watchdog.enabled is False
+    assert load_preset("demo", []).launch.preemption == "auto"
+    with pytest.raises(PresetError) as caught:
+        load_preset("demo", ["launch.preemption=ibm"])
+    assert "launch.preemption: must be 'auto', 'aws', 'gcp', 'azure' or 'off'" in str(caught.value)
+
+
 def test_aws_asks_with_a_session_token_and_renews_it() -> None:
     with MetadataServer("aws") as server:
         watch = AwsWatch(server.env())
