@@ -22,6 +22,7 @@ DatasetFormat = Literal[
     "auto", "messages", "sharegpt", "alpaca", "text", "prompt_completion", "preference"
 ]
 ComputeDtype = Literal["bfloat16", "float16", "float32"]
+Preemption = Literal["auto", "aws", "gcp", "azure", "off"]
 
 # `\A`/`\Z` and `fullmatch`: `$` also matches before a trailing newline, so "demo\n" passed.
 NAME_PATTERN = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
@@ -101,6 +102,35 @@ class QuantizationSpec(_Strict):
     bf16 (T4, V100)."""
 
 
+class WatchdogSpec(_Strict):
+    """Checks the training process makes on itself while it trains (`launch.watchdog`; `false`
+    turns them all off). A collapse or a non-finite value checkpoints and stops the run; the
+    other findings are warnings in state.json and train.log."""
+
+    enabled: bool = True
+    """Run the checks at all."""
+
+    collapse_steps: int = Field(default=10, ge=2)
+    """Stop after this many logged steps in a row whose grad norm is exactly 0, or whose loss
+    is unchanged to 1e-6 from the logged step before."""
+
+    stall_factor: float = Field(default=20.0, gt=1.0)
+    """Warn of a stall when no step has ended for this many times the median step time ..."""
+
+    stall_min_s: float = Field(default=300.0, gt=0.0)
+    """... and for at least this many seconds (evaluations and saves take longer than a step)."""
+
+    gpu_idle_s: float = Field(default=300.0, gt=0.0)
+    """Warn when every GPU of the run has been at 0 % utilisation this many seconds."""
+
+    disk_margin: float = Field(default=1.2, ge=1.0)
+    """Warn when the runs folder's disk has less free space than this many times the size of
+    the last checkpoint (known after the first save)."""
+
+    ram_warn_pct: float = Field(default=95.0, gt=0.0, le=100.0)
+    """Warn when this much of the host's RAM is in use, in percent."""
+
+
 class LaunchSpec(_Strict):
     """How the training process is started."""
 
@@ -178,6 +208,26 @@ class LaunchSpec(_Strict):
             raise ValueError("must be `none`, `shutdown` or a shell command")
         return value.strip()
 
+    preemption: Preemption = "auto"
+    """Watch the cloud's spot/preemption notice and checkpoint on it: `auto` (the cloud this
+    machine's DMI data names, none elsewhere), `aws`, `gcp`, `azure` or `off`."""
+
+    preemption_poll_s: float = Field(default=5.0, gt=0.0, le=60.0)
+    """Seconds between two looks at the notice (AWS advises 5)."""
+
+    watchdog: WatchdogSpec = Field(default_factory=WatchdogSpec)
+    """Loss collapse, non-finite values, stalls, disk and RAM checks during training."""
+
+    @field_validator("preemption", mode="before")
+    @classmethod
+    def _preemption_off(cls, value: Any) -> Any:
+        return "off" if value is False else value  # YAML reads a bare `off` as false
+
+    @field_validator("watchdog", mode="before")
+    @classmethod
+    def _watchdog_switch(cls, value: Any) -> Any:
+        return {"enabled": value} if isinstance(value, bool) else value
+
     @model_validator(mode="after")
     def _strategy_matches_gpus(self) -> LaunchSpec:
         if self.strategy == "single" and (self.num_gpus > 1 or self.nnodes > 1):
@@ -246,7 +296,8 @@ class Preset(_Strict):
     gradient_accumulation_steps, max_length, gradient_checkpointing, bf16, optim."""
 
     launch: LaunchSpec = Field(default_factory=LaunchSpec)
-    """Process launch: GPU count, distributed strategy, auto-resume."""
+    """Process launch: GPU count, distributed strategy, auto-resume, preemption notices and the
+    watchdog."""
 
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     """Early stopping and sample answers during training."""

@@ -315,6 +315,9 @@ def _spawn(run_dir: Path, command: list[str], lock_fd: int) -> subprocess.Popen[
     env[run_lock.LOCK_FD_ENV] = str(lock_fd)
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # TRL reports each trainer it builds to huggingface.co: a training run sends nothing
+    # anywhere unless the user says so (HF_HUB_DISABLE_TELEMETRY=0).
+    env.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (_project_root(), env.get("PYTHONPATH", "")) if p
     )

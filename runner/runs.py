@@ -168,6 +168,19 @@ class RunState(BaseModel):
     """The last interruption was `tunedeck stop` (autostart leaves such runs alone)."""
     peak_gpu_mem_gib: float | None = None
     """Peak GPU memory allocated by torch on rank 0 during the last segment."""
+    watchdog: str | None = None
+    """The watchdog's findings in force, ` | `-separated (`runner.watchdog`); written by the
+    training process."""
+    watchdog_stopped: bool = False
+    """The watchdog stopped the last segment (collapse, non-finite values): autostart leaves the
+    run to a person, who changes it before resuming."""
+    preemption: str | None = None
+    """The cloud's newest word to this machine: a spot notice or a rebalance recommendation."""
+    progress_at: str | None = None
+    """Last sign of progress (a step, an evaluation batch, a checkpoint growing), for the stall
+    judgement of `runner.watchdog.stall_reason`."""
+    stall_after_s: float | None = None
+    """Seconds without progress after which the run counts as stalled, at its measured pace."""
 
     # The off-box mirror (`launch.mirror`); written only by the training's uploader thread.
     mirror_url: str | None = None
@@ -228,16 +241,19 @@ def make_reserve(run_dir: Path) -> None:
         pass  # without a reserve a full disk may keep the last state unwritten, nothing worse
 
 
-def write_state(run_dir: Path | str, state: RunState, durable: bool = True) -> None:
+def write_state(
+    run_dir: Path | str, state: RunState, durable: bool = True, spend_reserve: bool = True
+) -> None:
     """Write `state.json` atomically (owner-only permissions). On a full disk the run's reserve
-    file is given up so that this write (the one that says why the run ended) still lands."""
+    file is given up so that this write (the one that says why the run ended) still lands;
+    `spend_reserve=False` keeps it for that write (a warning must not use it up)."""
     run_dir = Path(run_dir)
     text = state.model_dump_json(indent=2) + "\n"
     try:
         write_atomic(run_dir / STATE_FILE, text, durable)
     except OSError as exc:
         reserve = run_dir / RESERVE_FILE
-        if exc.errno != errno.ENOSPC or not reserve.exists():
+        if exc.errno != errno.ENOSPC or not reserve.exists() or not spend_reserve:
             raise
         reserve.unlink()
         write_atomic(run_dir / STATE_FILE, text, durable)
@@ -301,7 +317,9 @@ def recovered_state(run_dir: Path, problem: str) -> RunState:
 STATE_LOCK_FILE = ".state.lock"
 
 
-def update_state(run_dir: Path | str, durable: bool = True, **changes: Any) -> RunState | None:
+def update_state(
+    run_dir: Path | str, durable: bool = True, spend_reserve: bool = True, **changes: Any
+) -> RunState | None:
     """Read, change and write back the state under the state lock; None when there is no
     readable state (or the run folder is gone)."""
     import fcntl
@@ -317,7 +335,7 @@ def update_state(run_dir: Path | str, durable: bool = True, **changes: Any) -> R
         if state is None:
             return None
         new = RunState.model_validate({**state.model_dump(), **changes})
-        write_state(run_dir, new, durable=durable)
+        write_state(run_dir, new, durable=durable, spend_reserve=spend_reserve)
         return new
     finally:
         os.close(lock_fd)
@@ -492,6 +510,9 @@ class RunSummary:
     """Seconds left at the current segment's pace (None when not running or unknown)."""
     cost_usd: float | None = None
     projected_cost_usd: float | None = None
+    alert: str | None = None
+    """What is wrong with a live run: a stall judged from its heartbeat, or the watchdog's
+    findings."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -508,6 +529,7 @@ class RunSummary:
             "eta_s": self.eta_s,
             "cost_usd": self.cost_usd,
             "projected_cost_usd": self.projected_cost_usd,
+            "alert": self.alert,
             "state": self.state.model_dump(mode="json"),
         }
 
@@ -561,7 +583,20 @@ def summarize(run_dir: Path, state: RunState, now_s: float | None = None) -> Run
         eta_s=eta_s,
         cost_usd=cost,
         projected_cost_usd=projected,
+        alert=_alert(state, status, now_s),
     )
+
+
+def _alert(state: RunState, status: str, now_s: float) -> str | None:
+    from runner.watchdog import FINDINGS_JOIN, stall_reason
+
+    if status not in ACTIVE:
+        return None
+    stall = stall_reason(state, now_s)
+    # The trainer's own stall finding says less than the one judged here, now.
+    found = [f for f in (state.watchdog or "").split(FINDINGS_JOIN) if f]
+    found = [f for f in found if not (stall and f.startswith("stalled"))]
+    return FINDINGS_JOIN.join([stall, *found] if stall else found) or None
 
 
 def _num(value: Any) -> bool:

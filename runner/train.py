@@ -5,7 +5,9 @@ newest complete checkpoint if there is one, and reports through the run folder o
 writes state.json and metrics.jsonl; every rank's output goes to train.log. On SIGTERM it writes
 a checkpoint at the next step boundary and exits with status `interrupted`; a SIGTERM before the
 first step (the launcher starts it with the signal blocked, so none is lost while Python starts)
-ends it at once, with nothing to save. It holds the run's lock (`runner.run_lock`) for its life.
+ends it at once, with nothing to save. A cloud's preemption notice (`runner.preempt`) and the
+watchdog's collapse or non-finite findings (`runner.watchdog`) take the same path, with their
+reason in state.json. It holds the run's lock (`runner.run_lock`) for its life.
 
 This module imports the training stack at import time; nothing else in tunedeck imports it.
 """
@@ -138,10 +140,10 @@ class Run:
             with contextlib.suppress(OSError):
                 print(f"tunedeck: {message}", flush=True)
 
-    def set_state(self, durable: bool = True, **changes: Any) -> None:
+    def set_state(self, durable: bool = True, spend_reserve: bool = True, **changes: Any) -> None:
         if self.writes_state:
             changes["updated_at"] = now_iso()
-            update_state(self.run_dir, durable=durable, **changes)
+            update_state(self.run_dir, durable=durable, spend_reserve=spend_reserve, **changes)
 
     def checkpoint_saved(self, step: int, urgent: bool) -> None:
         """A checkpoint is complete on every rank; `urgent` when a stop is under way."""
@@ -188,6 +190,11 @@ class Run:
             failure_reason=None,
             steps_started_at=None,
             stopped_by_user=False,
+            watchdog=None,
+            watchdog_stopped=False,
+            preemption=None,
+            progress_at=None,
+            stall_after_s=None,
         )
 
     def record_end(self, status: str, exit_code: int, reason: str | None = None, **extra: Any):
@@ -382,13 +389,14 @@ def _main(run: Run, stopper: Any, launched: bool) -> int:
         return _train(run, stopper, resume, checkpoints_dir)
     except StopBeforeTraining:
         by_user = (run.run_dir / STOP_REQUEST_FILE).exists()
+        why = f"{stopper.stop_reason}; " if stopper.stop_reason else ""
         run.record_end(
             "interrupted",
             0,
-            "stopped before the first step; a resume starts where the run was",
+            f"{why}stopped before the first step; a resume starts where the run was",
             stopped_by_user=by_user,
         )
-        run.say("stopped before the first step")
+        run.say(f"{why}stopped before the first step")
         return 0
     except BaseException as exc:
         return _record_failure(run, exc, preset)
@@ -399,7 +407,13 @@ def _train(
 ) -> int:
     _quiet_libraries()
     from runner.train_build import BuildFailure, build_trainer
-    from runner.train_callbacks import CheckpointMarker, MetricsWriter
+    from runner.train_callbacks import (
+        CheckpointMarker,
+        MetricsWriter,
+        WatchdogHooks,
+        cut_evaluation_short,
+        missed_evaluation,
+    )
 
     if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
         # CPU runs are demos and tests on small models: extra threads gain little there and
@@ -407,15 +421,30 @@ def _train(
         torch.set_num_threads(1)
     resume_step = resume.step if resume else 0
     preset: Preset | None = None
+    watcher = watchdog = None
     try:
         preset = run.preset = run.load_preset()
         run.mirror = _start_mirror(run, preset)
+        watcher = _watch_preemption(run, stopper, preset)
+        watchdog = _make_watchdog(run, stopper, preset, checkpoints_dir)
 
         def on_progress(step: int, max_steps: int | None, extra: dict[str, Any]) -> None:
             changes: dict[str, Any] = {"step": step, "max_steps": max_steps}
             if extra.get("steps_started"):
                 changes["steps_started_at"] = now_iso()
-            run.set_state(durable=False, **changes)
+            changes["progress_at"] = now_iso()
+            if watchdog is not None:
+                changes.update(watchdog.heartbeat_fields())
+            # A heartbeat is never the run's last word: the disk reserve is kept for that.
+            run.set_state(durable=False, spend_reserve=False, **changes)
+
+        def beat() -> None:
+            run.set_state(durable=False, spend_reserve=False, progress_at=now_iso())
+
+        def on_saved(step: int) -> None:
+            run.checkpoint_saved(step, stopper.requested)  # the state, then the mirror
+            if watchdog is not None:
+                watchdog.saved(checkpoints_dir / f"checkpoint-{step}")
 
         metrics = MetricsWriter(
             run.run_dir / METRICS_FILE,
@@ -424,11 +453,17 @@ def _train(
             tokens_offset=_tokens_at(run.run_dir, resume_step) if resume else 0,
         )
         marker = CheckpointMarker(
-            checkpoints_dir, on_saved=lambda step: run.checkpoint_saved(step, stopper.requested)
+            checkpoints_dir,
+            on_saved=on_saved,
+            before_save=watchdog.saving if watchdog is not None else None,
         )
-        trainer = build_trainer(
-            preset, run.run_dir, callbacks=[stopper, marker, metrics], world_size=run.world_size
-        )
+        callbacks: list[Any] = [stopper, marker, metrics]
+        if watchdog is not None:
+            callbacks.append(WatchdogHooks(watchdog, beat))
+        trainer = build_trainer(preset, run.run_dir, callbacks=callbacks, world_size=run.world_size)
+        cut_evaluation_short(trainer, marker)
+        if watchdog is not None:
+            watchdog.start(beat)
         if resume is not None and _finished_checkpoint(resume):
             # Stopped or killed at the last step: that checkpoint is the final model.
             from transformers import TrainerState
@@ -438,6 +473,10 @@ def _train(
             trainer.state = TrainerState.load_from_json(str(resume.path / "trainer_state.json"))
             run.say(f"{resume.path.name} is the last step: completing without training")
         else:
+            missed = missed_evaluation(resume.path, trainer.args) if resume else None
+            if missed is not None:
+                run.say(f"the evaluation of step {missed} was cut short by the stop: making it up")
+                trainer.args.eval_on_start = True
             trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
         step = trainer.state.global_step
         peak: dict[str, Any] = {"peak_gpu_mem_gib": metrics.peak_gpu_mem_gib}
@@ -455,9 +494,23 @@ def _train(
                 stopper.requested = False
             else:
                 by_user = (run.run_dir / STOP_REQUEST_FILE).exists()
+                reason = stopper.stop_reason
+                cut = stopper.evaluation_cut_at
                 # The log line first: a viewer that sees the state change finds the log complete.
-                run.say(f"stopped at step {step}; checkpoint-{step} written")
-                run.record_end("interrupted", 0, step=step, stopped_by_user=by_user, **peak)
+                run.say(
+                    f"stopped at step {step}; checkpoint-{step} written"
+                    + (f" (the evaluation of step {cut} was cut short)" if cut else "")
+                    + (f": {reason}" if reason else "")
+                )
+                run.record_end(
+                    "interrupted",
+                    0,
+                    reason,
+                    step=step,
+                    stopped_by_user=by_user,
+                    watchdog_stopped=stopper.cause == "the watchdog",
+                    **peak,
+                )
                 return 0
         output_dir = run.run_dir / OUTPUT_DIR
         trainer.save_model(str(output_dir))
@@ -475,10 +528,88 @@ def _train(
 
         if isinstance(exc, StopBeforeTraining):
             raise
-        return _record_failure(run, exc, preset)
+        # Torch's archive writer reports a short write on a full disk in its own words
+        # ("unexpected pos ..."); the watchdog knew the disk would not take the checkpoint.
+        disk_warned = watchdog is not None and "disk" in watchdog.findings
+        return _record_failure(run, exc, preset, disk_warned)
+    finally:
+        for helper in (watcher, watchdog):
+            if helper is not None:
+                helper.close()
 
 
-def _record_failure(run: Run, exc: BaseException, preset: Preset | None) -> int:
+def _watch_preemption(run: Run, stopper: Any, preset: Preset) -> Any:
+    """Watch the cloud's preemption notice on the process that keeps this machine's state
+    (each machine is warned of its own end); a notice stops the run like SIGTERM."""
+    if not run.writes_state:
+        return None
+    from runner import preempt
+
+    def record(reason: str, then: str = "") -> None:
+        try:
+            run.set_state(spend_reserve=False, preemption=reason)
+        except OSError as exc:  # a full disk: the stop goes on, the log says why
+            run.say(f"cannot write state.json ({exc.strerror})")
+        run.say(reason + then)
+
+    def on_notice(notice: preempt.Notice) -> None:
+        stopper.request_stop("a preemption notice", notice.reason())
+        record(notice.reason(), ": checkpointing at the next step boundary")
+        if not stopper.training:
+            _stop_before_training(run)
+
+    def on_warning(notice: preempt.Notice) -> None:
+        record(notice.reason())
+
+    launch = preset.launch
+    return preempt.start_watcher(
+        launch.preemption, launch.preemption_poll_s, on_notice, on_warning, run.say
+    )
+
+
+def _stop_before_training(run: Run) -> None:
+    """Nothing to save yet: end as a SIGTERM would (the handler runs in the main thread); the
+    whole process group under torchrun, whose workers are all still starting."""
+    if run.world_size > 1:
+        os.killpg(os.getpgid(0), signal.SIGTERM)
+    else:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _make_watchdog(run: Run, stopper: Any, preset: Preset, checkpoints_dir: Path) -> Any:
+    """The watchdog of this machine's training, or None when `launch.watchdog` is off."""
+    spec = preset.launch.watchdog
+    if not spec.enabled or not run.writes_state:
+        return None
+    from runner.watchdog import Watchdog
+
+    gpus = None
+    if torch.cuda.is_available():
+        from runner.gpu import GpuSource
+
+        gpus = GpuSource(with_processes=False)
+
+    def report(**fields: Any) -> None:
+        try:
+            # The disk's reserve is for the run's last words, not for a warning.
+            run.set_state(durable=False, spend_reserve=False, **fields)
+        except OSError as exc:  # a full disk: the log line is what there is
+            run.say(f"watchdog: cannot write state.json ({exc.strerror})")
+
+    return Watchdog(
+        spec,
+        checkpoints_dir,
+        report=report,
+        say=run.say,
+        request_stop=lambda reason: stopper.request_stop("the watchdog", reason),
+        gpus=gpus,
+        gpu_indices=range(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))),
+    )
+
+
+def _record_failure(
+    run: Run, exc: BaseException, preset: Preset | None, disk_warned: bool = False
+) -> int:
     """Every failure is recorded in the run folder before the process leaves: the state first,
     then the traceback into train.log (which, on a full disk, may not take it)."""
     if isinstance(exc, KeyboardInterrupt):
@@ -492,7 +623,7 @@ def _record_failure(run: Run, exc: BaseException, preset: Preset | None) -> int:
         fix = _planner_fix(preset) if preset is not None else None
         code, status, extra = 1, "failed", {"fix": fix}
         reason = "CUDA out of memory" + (f"; fix: {fix}" if fix else "")
-    elif _disk_full(exc):
+    elif _disk_full(exc) or disk_warned:
         code, status, reason, extra = 1, "failed", _disk_full_reason(run.run_dir, exc), {}
     else:
         first = (str(exc).strip().splitlines() or [""])[0]

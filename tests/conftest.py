@@ -6,6 +6,8 @@
   built once per test session in its own folder.
 - `demo_home`: `tunedeck_home` with that demo linked in, so the `demo` preset resolves.
 - `tunedeck`: runs the real command (`python -m tui.cli ...`) as a subprocess.
+
+Every test sees an empty DMI folder, so preemption watching (`auto`) never polls a cloud.
 """
 
 from __future__ import annotations
@@ -19,6 +21,20 @@ from pathlib import Path
 import pytest
 
 CliRunner = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """No test reaches a real cloud metadata server, even on a cloud machine: `auto` preemption
+    watching reads an empty DMI folder (`TUNEDECK_DMI_DIR`) unless a test says otherwise."""
+    import tempfile
+
+    os.environ["TUNEDECK_DMI_DIR"] = tempfile.mkdtemp(prefix="tunedeck-no-dmi-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    folder = os.environ.pop("TUNEDECK_DMI_DIR", None)
+    if folder:
+        Path(folder).rmdir()
 
 
 @pytest.fixture

@@ -261,8 +261,10 @@ def _row(s: RunSummary) -> dict[str, str]:
     status: str = st.status
     if status == "interrupted" and st.stopped_by_user:
         status = "interrupted (stopped)"
-    elif status == "failed" and st.failure_reason:
-        status = f"failed: {_clip(one_line(st.failure_reason), 40)}"
+    elif status in ("interrupted", "failed") and st.failure_reason:
+        status = f"{status}: {_clip(one_line(st.failure_reason), 40)}"
+    elif s.alert:
+        status = f"{status}: {_clip(one_line(s.alert), 40)}"
     from runner.mirror import mirror_text
     from runner.on_finish import finish_text, read_finish
 
@@ -512,6 +514,8 @@ def resume(
     for s in store.list():
         if s.state.status != "interrupted" or not s.state.auto_resume or s.state.stopped_by_user:
             continue
+        if s.state.watchdog_stopped:
+            continue  # collapsed or non-finite: a person changes the run first
         if (s.run_dir / STOP_REQUEST_FILE).exists():
             continue  # stopped by the user before the run could record it
         try:

@@ -104,6 +104,8 @@ def run_row(summary: Any, layout: tuple[Column, ...], marked: bool = False) -> t
             status = Text(state.status, STATUS_STYLE.get(state.status, ""))
             if state.status == "interrupted" and width >= STATUS_W:
                 status.append(" (r)", "bold")
+            if summary.alert:
+                status.append(" !", "bold red")  # the monitor says what
             cells[key] = status
         elif key == "step":
             cells[key] = Text(_step_text(state.step, state.max_steps), justify="right")

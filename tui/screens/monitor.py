@@ -97,11 +97,16 @@ def header_text(summary: Any, width: int) -> Text:
 
 
 def failure_text(summary: Any) -> Text | None:
-    """A failed run's reason, in full, for the line under the header."""
+    """What went wrong, in full, for the line under the header: a failed or interrupted run's
+    reason, and the watchdog's alert."""
     state = summary.state
-    if state.status != "failed" or not state.failure_reason:
-        return None
-    return Text(f"failed: {printable(state.failure_reason)}", "bold red")
+    out = Text()
+    if state.status in ("failed", "interrupted") and state.failure_reason:
+        style = "bold red" if state.status == "failed" else "bold yellow"
+        out.append(f"{state.status}: {printable(state.failure_reason)}", style)
+    if summary.alert:
+        out.append(("\n" if out else "") + f"! {printable(summary.alert)}", "bold red")
+    return out or None
 
 
 def stats_text(metrics: RunMetrics, summary: Any | None) -> Text:
