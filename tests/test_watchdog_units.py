@@ -209,22 +209,26 @@ def test_viewers_judge_a_stall_from_the_heartbeat(tmp_path: Path) -> None:
 
 
 def test_every_viewer_shows_the_reason(tmp_path: Path) -> None:
-    """`runs` (its table row), the monitor header (`watch` and the app) and the app's list."""
+    """`runs` (its table row), the monitor (`watch` and the app: the line under its header)
+    and the app's list."""
     from runner.runs import RunSummary
     from tui.commands.run_cmd import _row
-    from tui.screens.home import run_row
-    from tui.screens.monitor import header_text
+    from tui.screens.home import run_row, runs_layout
+    from tui.screens.monitor import failure_text
 
     live = RunState(run_id="r", status="running", step=5, max_steps=10)
     warned = RunSummary("r", tmp_path, live, alert="stalled: no progress for 7m12s")
-    assert _row(warned)[1] == "running: stalled: no progress for 7m12s"
-    assert "! stalled: no progress for 7m12s" in header_text(warned, 200).plain
-    assert run_row(warned)[1].plain == "running !"
+    assert _row(warned)["status"] == "running: stalled: no progress for 7m12s"
+    shown = failure_text(warned)
+    assert shown is not None and "! stalled: no progress for 7m12s" in shown.plain
+    layout = runs_layout([warned], 100)
+    assert run_row(warned, layout)[1].plain == "running !"
     quiet = RunSummary("r", tmp_path, live)
-    assert _row(quiet)[1] == "running" and "!" not in header_text(quiet, 200).plain
+    assert _row(quiet)["status"] == "running" and failure_text(quiet) is None
     stopped = live.model_copy(
         update={"status": "interrupted", "failure_reason": "spot notice (aws), 120 s"}
     )
     summary = RunSummary("r", tmp_path, stopped)
-    assert _row(summary)[1] == "interrupted: spot notice (aws), 120 s"
-    assert "interrupted ([r] resumes) (spot notice (aws), 120 s)" in header_text(summary, 200).plain
+    assert _row(summary)["status"] == "interrupted: spot notice (aws), 120 s"
+    shown = failure_text(summary)
+    assert shown is not None and "interrupted: spot notice (aws), 120 s" in shown.plain
