@@ -108,27 +108,30 @@ class WatchdogSpec(_Strict):
     other findings are warnings in state.json and train.log."""
 
     enabled: bool = True
-    """Run the checks at all."""
+    """Run the checks at all (default true)."""
 
     collapse_steps: int = Field(default=10, ge=2)
     """Stop after this many logged steps in a row whose grad norm is exactly 0, or whose loss
-    is unchanged to 1e-6 from the logged step before."""
+    is unchanged to 1e-6 from the logged step before (default 10)."""
 
     stall_factor: float = Field(default=20.0, gt=1.0)
-    """Warn of a stall when no step has ended for this many times the median step time ..."""
+    """Warn of a stall when no step has ended for this many times the median step time
+    (default 20) ..."""
 
     stall_min_s: float = Field(default=300.0, gt=0.0)
-    """... and for at least this many seconds (evaluations and saves take longer than a step)."""
+    """... and for at least this many seconds (default 300: evaluations and saves take longer
+    than a step; three times as long before the first steps have set the pace)."""
 
     gpu_idle_s: float = Field(default=300.0, gt=0.0)
-    """Warn when every GPU of the run has been at 0 % utilisation this many seconds."""
+    """Warn when every GPU of the run has been at 0 % utilisation this many seconds (default
+    300)."""
 
     disk_margin: float = Field(default=1.2, ge=1.0)
     """Warn when the runs folder's disk has less free space than this many times the size of
-    the last checkpoint (known after the first save)."""
+    the last checkpoint (known after the first save; default 1.2)."""
 
     ram_warn_pct: float = Field(default=95.0, gt=0.0, le=100.0)
-    """Warn when this much of the host's RAM is in use, in percent."""
+    """Warn when this much of the host's RAM is in use, in percent (default 95)."""
 
 
 class LaunchSpec(_Strict):
@@ -209,14 +212,15 @@ class LaunchSpec(_Strict):
         return value.strip()
 
     preemption: Preemption = "auto"
-    """Watch the cloud's spot/preemption notice and checkpoint on it: `auto` (the cloud this
-    machine's DMI data names, none elsewhere), `aws`, `gcp`, `azure` or `off`."""
+    """Watch the cloud's spot/preemption notice and checkpoint on it: `auto` (default: the
+    cloud this machine's DMI data names, none elsewhere), `aws`, `gcp`, `azure` or `off`."""
 
     preemption_poll_s: float = Field(default=5.0, gt=0.0, le=60.0)
-    """Seconds between two looks at the notice (AWS advises 5)."""
+    """Seconds between two looks at the notice (default 5, as AWS advises)."""
 
     watchdog: WatchdogSpec = Field(default_factory=WatchdogSpec)
-    """Loss collapse, non-finite values, stalls, disk and RAM checks during training."""
+    """Loss collapse, non-finite values, stalls, disk and RAM checks during training (on by
+    default; `false` turns it off)."""
 
     @field_validator("preemption", mode="before")
     @classmethod

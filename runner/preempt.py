@@ -14,11 +14,11 @@ provider's notice every `launch.preemption_poll_s` seconds:
 
 Endpoints follow the providers' SDKs, so a test can point them at a local server:
 `AWS_EC2_METADATA_SERVICE_ENDPOINT` (botocore; `AWS_EC2_METADATA_DISABLED=true` turns AWS off),
-`GCE_METADATA_HOST` (google-auth). Azure's SDKs have no variable for scheduled events (azure-identity's
-`AZURE_POD_IDENTITY_AUTHORITY_HOST` moves the managed-identity token endpoint only, which on AKS
-is a proxy that does not serve them), so `TUNEDECK_AZURE_METADATA_ENDPOINT` moves it. Each request
-times out within a second and every failure is a line in the log, never an error: a missing or
-slow metadata server costs training nothing.
+`GCE_METADATA_HOST` (google-auth). Azure's SDKs have no variable for scheduled events
+(azure-identity's `AZURE_POD_IDENTITY_AUTHORITY_HOST` moves the managed-identity token endpoint
+only, which on AKS is a proxy that does not serve them), so `TUNEDECK_AZURE_METADATA_ENDPOINT`
+moves it. Each request times out within a second and every failure is a line in the log, never
+an error: a missing or slow metadata server costs training nothing.
 
 Nothing here imports torch; `runner.train` connects the notice to its stop path.
 """

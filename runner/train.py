@@ -568,12 +568,10 @@ def _watch_preemption(run: Run, stopper: Any, preset: Preset) -> Any:
 
 
 def _stop_before_training(run: Run) -> None:
-    """Nothing to save yet: end as a SIGTERM would (the handler runs in the main thread); the
-    whole process group under torchrun, whose workers are all still starting."""
-    if run.world_size > 1:
-        os.killpg(os.getpgid(0), signal.SIGTERM)
-    else:
-        os.kill(os.getpid(), signal.SIGTERM)
+    """Nothing to save yet: end as a SIGTERM would (the handler runs in the main thread). Under
+    torchrun the signal goes to torchrun, which hands it to every worker (each runs in a
+    session of its own)."""
+    os.kill(os.getppid() if run.world_size > 1 else os.getpid(), signal.SIGTERM)
 
 
 def _make_watchdog(run: Run, stopper: Any, preset: Preset, checkpoints_dir: Path) -> Any:

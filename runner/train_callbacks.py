@@ -124,17 +124,19 @@ class StopOnSignal(TrainerCallback):
     def _agreed(self, saving: bool) -> tuple[bool, bool]:
         """(stop, folder gone), the same on every rank. A cause seen on another rank arrives
         as its code; its reason is then named from the code."""
+        # One reading of what this rank knows: a thread may ask for a stop at any moment, and
+        # the answer must be what went into the all-reduce, or ranks would disagree.
         stop, gone, cause = self.requested, self._folder_missing(saving), self._cause
         if _distributed():
             flags = torch.tensor([int(stop), int(gone), cause], dtype=torch.int32)
             if dist.get_backend() == "nccl":
                 flags = flags.cuda()
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-            stop, gone = bool(flags[0].item()), bool(flags[1].item())
-            if int(flags[2].item()) > self._cause:
-                self._cause = int(flags[2].item())
-                self.stop_reason = f"{STOP_CAUSES[self._cause]} on another machine of the run"
-        return stop or self._cause > 0, gone
+            stop, gone, cause = bool(flags[0].item()), bool(flags[1].item()), int(flags[2].item())
+            if cause > self._cause:
+                self._cause = cause
+                self.stop_reason = f"{STOP_CAUSES[cause]} on another machine of the run"
+        return stop or cause > 0, gone
 
     def on_step_end(
         self,

@@ -108,12 +108,14 @@ def folder_bytes(folder: Path) -> int:
 
 
 class Watchdog:
-    """The checks of one training segment (made only when `spec.enabled`). `report(**fields)` writes state.json, `say(text)`
-    the log, `request_stop(reason)` stops at the next step boundary; `gpus` (a
-    `runner.gpu.GpuSource`) and `gpu_indices` are the run's GPUs, None without one.
+    """The checks of one training segment (made only when `spec.enabled`).
+
+    `report(**fields)` writes state.json, `say(text)` the log, `request_stop(reason)` stops at
+    the next step boundary; `gpus` (a `runner.gpu.GpuSource`) and `gpu_indices` are the run's
+    GPUs, None without one; `clock` is monotonic seconds.
 
     Main-thread hooks: `training_started`, `step_ended`, `logged`, `evaluating`, `saving`,
-    `saved`; `tick` runs in the thread `start` begins (tests call it directly, with `now_s`)."""
+    `saved`; `tick` runs in the thread `start` begins (tests call it directly)."""
 
     def __init__(
         self,

@@ -7,6 +7,7 @@ changes nothing, and `auto` on this machine reaches no address at all.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -14,6 +15,7 @@ import re
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -297,15 +299,33 @@ def test_a_notice_before_the_first_step_ends_the_run_at_once(
     assert not (run_dir / "checkpoints").exists() or not any((run_dir / "checkpoints").iterdir())
 
 
-def test_two_processes_agree_on_the_notice_rank_0_saw(demo_home: Path, tunedeck: Any) -> None:
+@pytest.fixture
+def leave_no_trainer(demo_home: Path) -> Iterator[None]:
+    """Whatever a test left running under this home (torchrun and its workers, each in a
+    session of its own) is killed at its end."""
+    yield
+    import psutil
+
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if "runner.train" in cmd and str(demo_home) in cmd:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+
+
+DDP = [
+    "launch.num_gpus=2", "launch.strategy=ddp", "training.max_steps=16",
+    "training.eval_strategy='no'", "training.max_length=64", "launch.preemption=gcp",
+    f"launch.preemption_poll_s={POLL_S}",
+]  # fmt: skip
+
+
+def test_two_processes_agree_on_the_notice_rank_0_saw(
+    demo_home: Path, tunedeck: Any, leave_no_trainer: None
+) -> None:
     """torchrun with two gloo workers: only rank 0 watches; the all-reduce of the stop flag
     carries the notice to rank 1, both save their part of one checkpoint and leave."""
-    sets = [
-        "launch.num_gpus=2", "launch.strategy=ddp", "training.max_steps=16",
-        "training.eval_strategy='no'", "training.max_length=64", "launch.preemption=gcp",
-        f"launch.preemption_poll_s={POLL_S}",
-    ]  # fmt: skip
-    args = [a for s in sets for a in ("--set", s)]
+    args = [a for s in DDP for a in ("--set", s)]
     with MetadataServer("gcp") as server:
         env = server.env()
         run_dir = launch_json(tunedeck, "demo", "--name", "two", *args, env=env)
@@ -330,3 +350,23 @@ def test_two_processes_agree_on_the_notice_rank_0_saw(demo_home: Path, tunedeck:
     state = read_state(run_dir)
     assert state is not None and state.status == "completed", state
     assert sorted(losses(run_dir)) == list(range(1, 17))
+
+
+def test_two_processes_end_at_once_on_a_notice_before_the_first_step(
+    demo_home: Path, tunedeck: Any, leave_no_trainer: None
+) -> None:
+    """The notice is there while the workers load: rank 0 hands SIGTERM to torchrun, which ends
+    every worker, and the run says why."""
+    args = [a for s in DDP for a in ("--set", s)]
+    with MetadataServer("gcp") as server:
+        server.notice.set()
+        run_dir = launch_json(tunedeck, "demo", "--name", "two-early", *args, env=server.env())
+        wait_for(lambda: finished(run_dir), 300, "the stop")
+        wait_for(lambda: run_lock.is_held(run_dir) is False, 120, "torchrun and its workers")
+    state = read_state(run_dir)
+    assert state is not None and state.status == "interrupted", state
+    assert state.failure_reason == (
+        "spot notice (gcp), about 30 s; stopped before the first step; a resume starts where "
+        "the run was"
+    )
+    assert state.step == 0 and logged_step(run_dir) == 0
