@@ -131,18 +131,15 @@ def load_dtype(preset: Preset, on_gpu: bool) -> str:
     return "float32" if preset.method == "full" else "auto"
 
 
-def build_model(preset: Preset, model_path: str) -> Any:
-    """The base model: dtype and attention as configured, 4-bit and k-bit preparation for
-    QLoRA."""
+def model_init_kwargs(preset: Preset, on_gpu: bool) -> dict[str, Any]:
+    """The `from_pretrained` keyword arguments of the base model: dtype and attention as
+    configured, the 4-bit quantisation config for QLoRA."""
     kwargs: dict[str, Any] = dict(preset.training.get("model_init_kwargs") or {})
-    on_gpu = torch.cuda.is_available()
     if "dtype" not in kwargs and "torch_dtype" not in kwargs:
         dtype = load_dtype(preset, on_gpu)
         kwargs["dtype"] = dtype if dtype == "auto" else getattr(torch, dtype)
     kwargs.setdefault("attn_implementation", "sdpa")
     if preset.method == "qlora":
-        if not on_gpu:
-            raise BuildFailure("QLoRA needs a CUDA GPU (bitsandbytes 4-bit); none was found")
         from transformers import BitsAndBytesConfig
 
         quant = preset.quantization
@@ -154,18 +151,33 @@ def build_model(preset: Preset, model_path: str) -> Any:
             bnb_4bit_compute_dtype=compute,
         )
         kwargs["dtype"] = compute
+    return kwargs
+
+
+def prepare_quantized(model: Any, preset: Preset) -> Any:
+    """k-bit preparation of a 4-bit base (QLoRA) before the adapter goes on."""
+    from peft import prepare_model_for_kbit_training
+
+    return prepare_model_for_kbit_training(
+        model,
+        use_gradient_checkpointing=bool(preset.training.get("gradient_checkpointing", True)),
+    )
+
+
+def build_model(preset: Preset, model_path: str) -> Any:
+    """The base model: dtype and attention as configured, 4-bit and k-bit preparation for
+    QLoRA."""
+    on_gpu = torch.cuda.is_available()
+    if preset.method == "qlora" and not on_gpu:
+        raise BuildFailure("QLoRA needs a CUDA GPU (bitsandbytes 4-bit); none was found")
+    kwargs = model_init_kwargs(preset, on_gpu)
     try:
         model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
     except (OSError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [""])[0]
         raise BuildFailure(f"model {model_path}: cannot load ({first})") from None
     if preset.method == "qlora":
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=bool(preset.training.get("gradient_checkpointing", True)),
-        )
+        model = prepare_quantized(model, preset)
     return model
 
 
