@@ -268,7 +268,7 @@ def build_model(case: Case, preset: Any, device: str, folder: Path) -> Any:
     config = AutoConfig.for_model(model_type, **values)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(
-            config, dtype=kwargs["dtype"], attn_implementation=kwargs["attn_implementation"]
+            config, dtype=kwargs["dtype"], attn_implementation=kwargs.get("attn_implementation")
         )
     if quantization is None:
         return model
