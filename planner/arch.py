@@ -133,6 +133,12 @@ class ModelSpec:
         return dense - self.embedding_params * (0 if self.tied_embeddings else 1)
 
     @property
+    def supports_sdpa(self) -> bool:
+        """Whether transformers runs this model with SDPA (its default); Gemma 2's loader
+        refuses SDPA and runs eager attention."""
+        return self.model_type not in NO_SDPA
+
+    @property
     def kv_dim(self) -> int:
         return self.num_kv_heads * self.head_dim
 
@@ -234,6 +240,8 @@ _LLAMA_LIKE = {
     "qwen3_moe",
 }
 SUPPORTED_TYPES = (*sorted(_LLAMA_LIKE), "phi3", "phi", "gpt_neox", "starcoder2", "falcon")
+# Model types transformers does not run with SDPA (its default attention elsewhere).
+NO_SDPA = frozenset({"gemma2"})
 
 
 def _as_int(cfg: dict[str, Any], where: str, *keys: str, default: Any = None) -> int:

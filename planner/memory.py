@@ -16,7 +16,7 @@ and the optimizer's temporaries). Units are bytes; the report turns them into Gi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from planner.arch import Linear, ModelSpec, lora_modules
 
@@ -140,6 +140,21 @@ def _optimizer_state_bytes(optimizer: str, param_bytes: int) -> float:
     return 0.0 if value is None else value
 
 
+def attention_kernel(spec: ModelSpec, attn: str) -> str:
+    """The attention a run gets: SDPA (the default) where transformers supports it for the
+    model, eager attention where it does not."""
+    if attn == "sdpa" and not spec.supports_sdpa:
+        return "eager"
+    return attn
+
+
+def qlora_unquantized_bytes() -> int:
+    """Bytes per parameter bitsandbytes leaves unquantised under QLoRA (embeddings, LM head,
+    norms, biases, fused MoE experts): the runner keeps them in the 16-bit compute dtype
+    (`runner.train_build.prepare_quantized` skips PEFT's fp32 upcast)."""
+    return 2
+
+
 def adapter_bytes(s: MemorySettings) -> int:
     """Bytes per LoRA parameter: PEFT upcasts adapters to fp32 (autocast_adapter_dtype);
     TRL casts them back to bf16 over a 4-bit base; LitGPT keeps them in the model dtype."""
@@ -229,6 +244,7 @@ def _layer_activation_bytes(spec: ModelSpec, s: MemorySettings, act: int, tokens
 
 def estimate_memory(spec: ModelSpec, s: MemorySettings) -> MemoryEstimate:
     """Peak memory of one GPU's training process for these settings."""
+    s = replace(s, attn=attention_kernel(spec, s.attn))
     p_total = spec.total_params
     shard = s.num_gpus if s.strategy in ("fsdp", "zero3") else 1
     opt_shard = s.num_gpus if s.strategy in ("fsdp", "zero3", "zero2") else 1
@@ -269,7 +285,8 @@ def estimate_memory(spec: ModelSpec, s: MemorySettings) -> MemoryEstimate:
                 # 4-bit conversion (nn.Linear only) skips: they stay 16-bit
                 # (bitsandbytes#1849)
                 quantized -= spec.expert_params
-            parts["weights"] = (quantized * NF4_BYTES[s.quant] + (p_total - quantized) * 2) / shard
+            unquantized = (p_total - quantized) * qlora_unquantized_bytes()
+            parts["weights"] = (quantized * NF4_BYTES[s.quant] + unquantized) / shard
         else:
             parts["weights"] = p_total * base_w / shard
         parts["adapters"] = trainable * adapter_w
