@@ -18,7 +18,6 @@ from typing import Any
 RESERVED = {
     "output_dir": "the run folder's checkpoints/ (set by tunedeck)",
     "resume_from_checkpoint": "`tunedeck resume RUN` (set by tunedeck)",
-    "logging_dir": "the run folder (set by tunedeck)",
 }
 
 _POSITIVE = {

@@ -51,6 +51,8 @@ if TYPE_CHECKING:
 # torchrun gives its workers this long after a SIGTERM before it kills them; a checkpoint of a
 # large model needs more than its default 30 s.
 TORCHRUN_SHUTDOWN_S = 600
+# Where `report_to: tensorboard` writes, inside the run folder.
+TENSORBOARD_DIR = "tensorboard"
 # A resume waits this long for a trainer that has recorded its end to finish exiting.
 EXITING_WAIT_S = 60.0
 
@@ -315,6 +317,8 @@ def _spawn(run_dir: Path, command: list[str], lock_fd: int) -> subprocess.Popen[
     env[run_lock.LOCK_FD_ENV] = str(lock_fd)
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # `report_to: tensorboard` writes its event files into the run folder, beside the metrics.
+    env.setdefault("TENSORBOARD_LOGGING_DIR", str(run_dir / TENSORBOARD_DIR))
     # TRL reports each trainer it builds to huggingface.co: a training run sends nothing
     # anywhere unless the user says so (HF_HUB_DISABLE_TELEMETRY=0).
     env.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
