@@ -36,8 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.planner_truth_case import GIB, Case  # noqa: E402
 from benchmarks.planner_truth_grid import HOLDOUT, grid  # noqa: E402
-from benchmarks.planner_truth_step import GIB, Case  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 RESULTS_FILE = RESULTS / "planner_truth.json"
@@ -64,7 +64,8 @@ def _case_from_json(data: dict[str, Any]) -> Case:
 
 def measure_one(case: Case, tokenizer: Any) -> dict[str, Any]:
     """Measure one case and plan it; a case the stack cannot train is recorded as such."""
-    from benchmarks.planner_truth_step import measure, planned
+    from benchmarks.planner_truth_case import planned
+    from benchmarks.planner_truth_step import measure
 
     result: dict[str, Any] = {"name": case.name, "case": case.to_json()}
     try:
@@ -209,7 +210,7 @@ def _replan(result: dict[str, Any]) -> dict[str, float]:
     """The current planner's estimate for a measured case."""
     import tempfile
 
-    from benchmarks.planner_truth_step import planned
+    from benchmarks.planner_truth_case import planned
 
     with tempfile.TemporaryDirectory() as tmp:
         return planned(_case_from_json(result["case"]), Path(tmp) / "model")
@@ -310,8 +311,10 @@ def markdown_summary(report: dict[str, Any], failed: list[dict[str, Any]]) -> st
     return "\n".join(lines)
 
 
-def summary(markdown: bool, holdout: bool, replan: bool, cases: bool) -> int:
-    path = HOLDOUT_FILE if holdout else RESULTS_FILE
+def summary(
+    markdown: bool, holdout: bool, replan: bool, cases: bool, path: Path | None = None
+) -> int:
+    path = path or (HOLDOUT_FILE if holdout else RESULTS_FILE)
     data = json.loads(path.read_text())
     report = compare(data["cases"], replan=replan)
     failed = [r for r in data["cases"] if "error" in r]
@@ -359,6 +362,7 @@ def main(argv: list[str]) -> int:
     p_sum.add_argument("--cases", action="store_true", help="every case, worst first")
     p_sum.add_argument("--holdout", action="store_true")
     p_sum.add_argument("--as-measured", action="store_true", help="the estimates stored then")
+    p_sum.add_argument("--file", type=Path, default=None, help="another results file")
     sub.add_parser("check")
     p_worker = sub.add_parser("worker")
     p_worker.add_argument("cases", type=Path)
@@ -366,7 +370,7 @@ def main(argv: list[str]) -> int:
     if args.command == "run":
         return run(args.grid, args.workers, args.only)
     if args.command == "summary":
-        return summary(args.markdown, args.holdout, not args.as_measured, args.cases)
+        return summary(args.markdown, args.holdout, not args.as_measured, args.cases, args.file)
     if args.command == "check":
         return check()
     return _worker(args.cases)
