@@ -42,6 +42,24 @@ from benchmarks.planner_truth_grid import HOLDOUT, grid  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 RESULTS_FILE = RESULTS / "planner_truth.json"
 HOLDOUT_FILE = RESULTS / "planner_truth_holdout.json"
+METHOD = {
+    "measurement": "meta-device model at full size built as runner.train_build builds it; "
+    "TRL's trainer; two steps through Trainer.training_step, gradient clipping and the "
+    "optimizer; live tensor bytes by storage (benchmarks/planner_truth_count.py)",
+    "cuda_stand_ins": "bf16 autocast with torch's CUDA cast lists (above autograd, weight "
+    "cache); SDPA flash kernel, memory-efficient kernel with a mask; fused dropout's 1-byte "
+    "mask; TRL's Triton LM-head kernels and fp32-output GEMM; bitsandbytes' paged states "
+    "outside the pool; foreach AdamW (benchmarks/planner_truth_cuda.py)",
+    "qlora": "bitsandbytes' 4-bit ops have meta implementations, so QLoRA is measured like "
+    "the rest at full depth on the meta device: Linear4bit layers made the way transformers' "
+    "bitsandbytes loader makes them (Params4bit._quantize). Checked against real tensors: a "
+    "real from_pretrained(..., quantization_config=...) on the CPU at the demo's size and at "
+    "Qwen2.5-0.5B's full width with two layers counts the same bytes as the meta build "
+    "(benchmarks/results/planner_truth_counter.json); layers are identical, so depth adds the "
+    "same bytes per layer",
+    "batches": "unpadded: every row exactly seq_len tokens",
+    "peak": "max_memory_allocated level: no CUDA context, no caching-allocator slack",
+}
 # Components the planner and the measurement both name (planner key -> measured key).
 COMPARABLE = {
     "weights": "weights",
@@ -142,6 +160,7 @@ def run(grid_name: str, workers: int, only: str | None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()} {os.cpu_count()} CPUs, no GPU",
         "versions": _versions(),
+        "method": METHOD,
     }
     # Results of earlier runs are kept unless measured again (a subset can be re-run).
     found: dict[Path, list[dict[str, Any]]] = {}

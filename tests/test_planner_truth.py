@@ -125,8 +125,9 @@ def test_results_file_has_the_grid_and_what_was_planned() -> None:
     data = json.loads(path.read_text())
     assert len(data["cases"]) >= 150
     measured = [c for c in data["cases"] if "measured" in c]
-    for c in data["cases"]:
-        assert "measured" in c or c["error"], c["name"]
+    # every configuration trains through the runner (before its QLoRA and attention fixes,
+    # 23 did not)
+    assert len(measured) == len(data["cases"]), [c["name"] for c in data["cases"] if "error" in c]
     assert {c["case"]["method"] for c in measured} == {"full", "lora", "qlora"}
     assert {c["case"]["trainer"] for c in measured} == {"sft", "dpo"}
     assert len({c["case"]["model"] for c in measured}) >= 8
