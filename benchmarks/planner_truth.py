@@ -36,12 +36,30 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.planner_truth_case import GIB, Case  # noqa: E402
 from benchmarks.planner_truth_grid import HOLDOUT, grid  # noqa: E402
-from benchmarks.planner_truth_step import GIB, Case  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 RESULTS_FILE = RESULTS / "planner_truth.json"
 HOLDOUT_FILE = RESULTS / "planner_truth_holdout.json"
+METHOD = {
+    "measurement": "meta-device model at full size built as runner.train_build builds it; "
+    "TRL's trainer; two steps through Trainer.training_step, gradient clipping and the "
+    "optimizer; live tensor bytes by storage (benchmarks/planner_truth_count.py)",
+    "cuda_stand_ins": "bf16 autocast with torch's CUDA cast lists (above autograd, weight "
+    "cache); SDPA flash kernel, memory-efficient kernel with a mask; fused dropout's 1-byte "
+    "mask; TRL's Triton LM-head kernels and fp32-output GEMM; bitsandbytes' paged states "
+    "outside the pool; foreach AdamW (benchmarks/planner_truth_cuda.py)",
+    "qlora": "bitsandbytes' 4-bit ops have meta implementations, so QLoRA is measured like "
+    "the rest at full depth on the meta device: Linear4bit layers made the way transformers' "
+    "bitsandbytes loader makes them (Params4bit._quantize). Checked against real tensors: a "
+    "real from_pretrained(..., quantization_config=...) on the CPU at the demo's size and at "
+    "Qwen2.5-0.5B's full width with two layers counts the same bytes as the meta build "
+    "(benchmarks/results/planner_truth_counter.json); layers are identical, so depth adds the "
+    "same bytes per layer",
+    "batches": "unpadded: every row exactly seq_len tokens",
+    "peak": "max_memory_allocated level: no CUDA context, no caching-allocator slack",
+}
 # Components the planner and the measurement both name (planner key -> measured key).
 COMPARABLE = {
     "weights": "weights",
@@ -64,7 +82,8 @@ def _case_from_json(data: dict[str, Any]) -> Case:
 
 def measure_one(case: Case, tokenizer: Any) -> dict[str, Any]:
     """Measure one case and plan it; a case the stack cannot train is recorded as such."""
-    from benchmarks.planner_truth_step import measure, planned
+    from benchmarks.planner_truth_case import planned
+    from benchmarks.planner_truth_step import measure
 
     result: dict[str, Any] = {"name": case.name, "case": case.to_json()}
     try:
@@ -141,6 +160,7 @@ def run(grid_name: str, workers: int, only: str | None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()} {os.cpu_count()} CPUs, no GPU",
         "versions": _versions(),
+        "method": METHOD,
     }
     # Results of earlier runs are kept unless measured again (a subset can be re-run).
     found: dict[Path, list[dict[str, Any]]] = {}
@@ -209,7 +229,7 @@ def _replan(result: dict[str, Any]) -> dict[str, float]:
     """The current planner's estimate for a measured case."""
     import tempfile
 
-    from benchmarks.planner_truth_step import planned
+    from benchmarks.planner_truth_case import planned
 
     with tempfile.TemporaryDirectory() as tmp:
         return planned(_case_from_json(result["case"]), Path(tmp) / "model")
@@ -310,8 +330,10 @@ def markdown_summary(report: dict[str, Any], failed: list[dict[str, Any]]) -> st
     return "\n".join(lines)
 
 
-def summary(markdown: bool, holdout: bool, replan: bool, cases: bool) -> int:
-    path = HOLDOUT_FILE if holdout else RESULTS_FILE
+def summary(
+    markdown: bool, holdout: bool, replan: bool, cases: bool, path: Path | None = None
+) -> int:
+    path = path or (HOLDOUT_FILE if holdout else RESULTS_FILE)
     data = json.loads(path.read_text())
     report = compare(data["cases"], replan=replan)
     failed = [r for r in data["cases"] if "error" in r]
@@ -359,6 +381,7 @@ def main(argv: list[str]) -> int:
     p_sum.add_argument("--cases", action="store_true", help="every case, worst first")
     p_sum.add_argument("--holdout", action="store_true")
     p_sum.add_argument("--as-measured", action="store_true", help="the estimates stored then")
+    p_sum.add_argument("--file", type=Path, default=None, help="another results file")
     sub.add_parser("check")
     p_worker = sub.add_parser("worker")
     p_worker.add_argument("cases", type=Path)
@@ -366,7 +389,7 @@ def main(argv: list[str]) -> int:
     if args.command == "run":
         return run(args.grid, args.workers, args.only)
     if args.command == "summary":
-        return summary(args.markdown, args.holdout, not args.as_measured, args.cases)
+        return summary(args.markdown, args.holdout, not args.as_measured, args.cases, args.file)
     if args.command == "check":
         return check()
     return _worker(args.cases)

@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import _disable_current_modes
 
+from benchmarks.planner_truth_case import Case
 from benchmarks.planner_truth_count import LiveBytes, Tally
-from benchmarks.planner_truth_step import Case, measure
+from benchmarks.planner_truth_step import measure
 
 # Marker sizes: odd byte counts far from any tensor's (tensors here are multiples of 4 bytes).
 MARKER_BASE_BYTES = 999_999

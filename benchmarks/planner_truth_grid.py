@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from benchmarks.planner_truth_step import Case
+from benchmarks.planner_truth_case import Case
 
 ARCHITECTURES = (
     "meta-llama/Llama-3.1-8B",

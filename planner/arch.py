@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from planner.errors import PlanError
+from planner.layer_style import layer_style
 
 # Package data (config.json numbers and the GPU table), read on first use.
 DATA_DIR = Path(__file__).parent / "data"
@@ -71,6 +72,23 @@ class ModelSpec:
     all_linear_extra_per_rank: int = 0
     """Adapter parameters per unit of rank, per layer, that PEFT's `all-linear` adds beyond
     the `nn.Linear` modules: for Mixtral, the router and the stacked 3-D expert weights."""
+    norm_style: str = "llama"
+    """How its norms compute: `llama` (RMSNorm in fp32, weight times the bf16 result),
+    `gemma` (RMSNorm times 1 + weight, in fp32) or `layer` (LayerNorm)."""
+    post_attention_norm: bool = False
+    """Gemma 2 and 3: norms after the attention and after the MLP too (four per layer)."""
+    qk_norm: bool = False
+    """RMSNorm on the query and key heads (Qwen3, Gemma 3, OLMo 2)."""
+    parallel_block: bool = False
+    """Attention and MLP read the same normalised input (Phi-2, GPT-NeoX, Falcon)."""
+    mlp_act: str = "silu"
+    """The MLP's activation: silu, gelu_tanh, gelu_new (tanh-GELU in parts) or gelu."""
+    sliding_window: int = 0
+    """Sliding-window attention span (0: none); layers past it need a materialised mask."""
+    sliding_layers: int = 0
+    """How many layers use the sliding window."""
+    attn_softcap: bool = False
+    """Gemma 2's tanh softcapping of the attention scores."""
 
     # ----------------------------------------------------------------- parameter counts
     @property
@@ -131,6 +149,10 @@ class ModelSpec:
         used = self.expert_params * self.experts_per_token // self.num_experts
         dense = self.total_params - self.expert_params + used
         return dense - self.embedding_params * (0 if self.tied_embeddings else 1)
+
+    def roles(self) -> tuple[str, ...]:
+        """The short names its linears answer to."""
+        return tuple(dict.fromkeys(role for m in self.linears for role in m.roles))
 
     @property
     def supports_sdpa(self) -> bool:
@@ -253,6 +275,13 @@ def _as_int(cfg: dict[str, Any], where: str, *keys: str, default: Any = None) ->
 
 def spec_from_config(cfg: dict[str, Any], name: str, where: str | None = None) -> ModelSpec:
     """Read a transformers `config.json` (as a dict) into a `ModelSpec`."""
+    spec = _shapes_from_config(cfg, name, where)
+    if isinstance(cfg.get("text_config"), dict) and "hidden_size" not in cfg:
+        cfg = {**cfg["text_config"], "model_type": cfg["text_config"].get("model_type", "")}
+    return replace(spec, **layer_style(cfg, spec))
+
+
+def _shapes_from_config(cfg: dict[str, Any], name: str, where: str | None = None) -> ModelSpec:
     where = where or name
     if isinstance(cfg.get("text_config"), dict) and "hidden_size" not in cfg:
         cfg = {**cfg["text_config"], "model_type": cfg["text_config"].get("model_type", "")}

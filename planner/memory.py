@@ -1,24 +1,30 @@
 """Peak GPU memory of one training process, component by component.
 
-The model follows what PyTorch keeps alive, tensor by tensor, at the two moments a training
-step peaks: the start of the backward pass (every saved activation, the loss buffers and the
-gradients accumulated so far) and the optimizer step (weights, gradients, optimizer states
-and the optimizer's temporaries). Units are bytes; the report turns them into GiB.
+Units are bytes; the report turns them into GiB. The allocated peak is the largest of the
+step's moments; the CUDA context and the caching allocator's slack are separate terms.
 
-`framework` selects the few places where training stacks differ physically:
-- `trl`: TRL >= 1.x with transformers: the LM head and loss run fused, in tiles of 4096
-  tokens x 32768 vocabulary entries, so the (tokens x vocabulary) logits are never built;
-  LoRA adapters kept in fp32 (PEFT's default), in bf16 for QLoRA (TRL casts them).
+`framework` selects the training stack:
+- `trl` (the default, what `tunedeck run` trains with): TRL >= 1.x over transformers and PEFT,
+  bf16 weights under CUDA autocast. What each decoder layer keeps and holds is accounted
+  tensor by tensor in `planner.activations` (norms, LoRA's autocast copies and dropout masks,
+  flash / memory-efficient / eager attention, the MLP, MoE experts), and the step's moments
+  in `planner.step` (the last layer's forward, DPO's reference pass, TRL's fused LM head,
+  the backward pass's first layer and its end, the optimizer step). Checked against
+  `benchmarks/planner_truth.py`, which counts the same stack on the meta device.
 - `hf`: a transformers model computing its own loss: bf16 logits, an fp32 copy and fp32
   log-softmax output (the usual HF Trainer / plain training loop).
 - `litgpt`: LitGPT: logits kept in bf16 chunks, bf16 cross entropy; LoRA in the model dtype.
+The `hf` and `litgpt` stacks keep the earlier per-layer model (`_layer_activation_bytes`),
+checked against published measurements (`benchmarks/planner_accuracy.py`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from planner.activations import Settings, layer_account
 from planner.arch import Linear, ModelSpec, lora_modules
+from planner.step import step_moments
 
 GIB = 1024**3
 
@@ -297,6 +303,8 @@ def estimate_memory(spec: ModelSpec, s: MemorySettings) -> MemoryEstimate:
             states = trainable * _optimizer_state_bytes(s.optimizer, adapter_w)
 
     paged = s.optimizer.startswith("paged_")
+    if s.framework == "trl":
+        return _trl_estimate(spec, s, parts, trainable, grad_bytes, states, shard, opt_shard)
 
     # Activations kept for the backward pass.
     layer_full = _layer_activation_bytes(spec, s, act, tokens)
@@ -384,4 +392,162 @@ def estimate_memory(spec: ModelSpec, s: MemorySettings) -> MemoryEstimate:
         allocated_peak_bytes=allocated,
         device_peak_bytes=device_peak,
         trainable_params=trainable,
+    )
+
+
+# ---------------------------------------------------------------------- TRL (the default)
+
+EIGHT_BIT = ("adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit")
+# bitsandbytes keeps 32-bit states for tensors under this many elements, and pages (CUDA
+# managed memory) only states of tensors of at least the other.
+BNB_MIN_8BIT_SIZE = 4096
+BNB_MIN_PAGED_SIZE = 100_000
+
+
+def _trainable_tensors(spec: ModelSpec, s: MemorySettings) -> list[tuple[int, bool]]:
+    """(elements, is the input embedding) of every trainable tensor."""
+    if s.method == "full":
+        per_layer = [m.in_features * m.out_features for m in spec.linears]
+        per_layer += [m.out_features for m in spec.linears if m.bias]
+        per_layer += [spec.hidden_size] * max(1, spec.norm_params_per_layer // spec.hidden_size)
+        if spec.num_experts:
+            per_layer += [spec.expert_params_per_layer // 3 * 2, spec.expert_params_per_layer // 3]
+            per_layer.append(spec.router_params_per_layer)
+        out = [(n, False) for n in per_layer] * spec.num_layers
+        out.append((spec.embedding_params, True))
+        if spec.lm_head_params:
+            out.append((spec.lm_head_params, False))
+        out.append((spec.final_norm_params, False))
+        return out
+    per_layer = []
+    for m in lora_modules(spec, s.lora_targets):
+        per_layer += [s.lora_r * m.in_features, s.lora_r * m.out_features]
+    if "all-linear" in s.lora_targets and spec.all_linear_extra_per_rank:
+        per_layer.append(s.lora_r * spec.all_linear_extra_per_rank)
+    return [(n, False) for n in per_layer] * spec.num_layers
+
+
+def _eight_bit_states(spec: ModelSpec, s: MemorySettings) -> tuple[float, float]:
+    """bitsandbytes' 8-bit AdamW, as the HF Trainer sets it up: one byte per state element plus
+    an fp32 absmax per block of 256, fp32 states for small tensors and for the input embedding
+    (the Trainer registers a 32-bit override for `nn.Embedding`). Returns (in PyTorch's pool,
+    paged out of it)."""
+    in_pool = paged_out = 0.0
+    paged = s.optimizer.startswith("paged_")
+    for elements, embedding in _trainable_tensors(spec, s):
+        if embedding or elements < BNB_MIN_8BIT_SIZE:
+            size = 8.0 * elements
+        else:
+            size = 2 * (1.0 + 4 / 256) * elements
+        if paged and elements >= BNB_MIN_PAGED_SIZE:
+            paged_out += size
+        else:
+            in_pool += size
+    return in_pool, paged_out
+
+
+def _trl_estimate(
+    spec: ModelSpec,
+    s: MemorySettings,
+    parts: dict[str, float],
+    trainable: float,
+    grad_bytes: float,
+    states: float,
+    shard: int,
+    opt_shard: int,
+) -> MemoryEstimate:
+    """One process of TRL's trainer, moment by moment (`planner.activations`, `planner.step`).
+    Over several GPUs: DDP keeps its gradient buckets; ZeRO-2 shards gradients and states,
+    FSDP and ZeRO-3 the weights too and gather two layers' at a time."""
+    act = 4 if s.precision == "fp32" else 2
+    paged_states = 0.0
+    if s.optimizer in EIGHT_BIT:
+        states, paged_states = _eight_bit_states(spec, s)
+        if s.method == "full":
+            states, paged_states = states / opt_shard, paged_states / opt_shard
+    elif s.optimizer.startswith("paged_"):
+        paged_states, states = states, 0.0
+    settings = Settings(
+        method=s.method,
+        lora_r=s.lora_r,
+        lora_targets=s.lora_targets,
+        # TRL's DPOTrainer turns every dropout off (`disable_dropout`, on by default)
+        lora_dropout=0.0 if s.trainer == "dpo" else s.lora_dropout,
+        seq_len=s.seq_len,
+        attn=s.attn,
+        act_bytes=act,
+        autocast=s.precision != "fp32",
+        liger=s.liger,
+        fp32_stream=s.method == "qlora" and spec.norm_style == "layer" and s.precision != "fp32",
+    )
+    layer = layer_account(spec, settings)
+    layer_grad = grad_bytes / spec.num_layers
+    head_grad = 0.0
+    if s.method == "full":
+        layer_grad = (
+            grad_bytes - spec.embedding_params * _weight_bytes(s.precision)
+        ) / spec.num_layers
+        head_grad = (spec.lm_head_params or spec.embedding_params) * _weight_bytes(s.precision)
+    # with gradient accumulation every gradient is there from the first micro-batch on
+    accumulating = s.grad_accum > 1
+    step = step_moments(
+        spec,
+        settings,
+        layer,
+        s.micro_batch,
+        s.trainer == "dpo",
+        s.grad_ckpt,
+        s.method == "full",
+        0.0 if accumulating else grad_bytes,
+        0.0 if accumulating else layer_grad + head_grad,
+    )
+    static = parts["weights"] + parts.get("adapters", 0.0) + parts.get("reference model", 0.0)
+    static += states + parts.get("autocast copies", 0.0)
+    ddp_buckets = 0.0
+    if s.num_gpus > 1 and s.strategy == "ddp":
+        # DDP's reducer keeps flat buckets of every gradient for the all-reduce
+        ddp_buckets = grad_bytes
+        static += ddp_buckets
+    gathered = 0.0
+    if shard > 1:
+        # a layer's full weights gathered, the next one prefetched (and, when they train,
+        # their full gradients before the reduce-scatter)
+        gathered = 2 * parts["weights"] * shard / spec.num_layers * (2 if s.method == "full" else 1)
+    accumulated = grad_bytes if accumulating else 0.0
+    opt_temp = 0.0
+    if s.optimizer in ("adamw_torch", "adamw_hf"):
+        # the foreach step builds one temporary the size of the second moments
+        opt_temp = trainable * (
+            adapter_bytes(s) if s.method != "full" else _weight_bytes(s.precision)
+        )
+    moments = {k: static + accumulated + gathered + v for k, v in step.moments.items()}
+    moments["optimizer step"] = static + grad_bytes + opt_temp
+    allocated = max(moments.values())
+    churn = step.activations + step.loss + (grad_bytes if s.grad_accum == 1 else 0.0) + opt_temp
+    allocator = FRAGMENTATION * churn
+    torch_peak = allocated + allocator
+    device_peak = torch_peak + CUDA_CONTEXT_BYTES + paged_states
+    breakdown = {
+        "weights": parts["weights"],
+        "reference model": parts.get("reference model", 0.0),
+        "adapters": parts.get("adapters", 0.0),
+        "gradients": grad_bytes,
+        "optimizer": states + paged_states,
+        "autocast copies": parts.get("autocast copies", 0.0),
+        "activations": step.activations,
+        "logits/loss": step.loss,
+        "optimizer step temp": opt_temp,
+        "DDP buckets": ddp_buckets,
+        "allocator": allocator,
+        "CUDA context": float(CUDA_CONTEXT_BYTES),
+    }
+    overlap = device_peak - sum(breakdown.values())
+    if abs(overlap) > 1:
+        breakdown["not alive at peak"] = overlap
+    return MemoryEstimate(
+        breakdown_bytes=breakdown,
+        torch_peak_bytes=torch_peak,
+        allocated_peak_bytes=allocated,
+        device_peak_bytes=device_peak,
+        trainable_params=int(trainable),
     )

@@ -96,7 +96,12 @@ def test_memory_terms_follow_the_settings() -> None:
     assert ddp.breakdown["optimizer"] == pytest.approx(full.breakdown["optimizer"])
     assert ddp.breakdown["DDP buckets"] == pytest.approx(full.breakdown["gradients"])
     eight_bit = plan(replace(base, methods=("full",), optimizer="adamw_8bit")).options[0]
-    assert eight_bit.breakdown["optimizer"] < 0.6 * full.breakdown["optimizer"]
+    # bitsandbytes: two 1-byte states plus an fp32 absmax per 256, but 32-bit states for the
+    # input embedding (the Trainer's override for nn.Embedding); Llama has no tensor under
+    # bitsandbytes' 4096-element minimum (its norms have 4096)
+    embed = report.model.embedding_params
+    expected = 2 * (1 + 4 / 256) * (params - embed) + 8 * embed
+    assert eight_bit.breakdown["optimizer"] == pytest.approx(expected / gib, rel=1e-9)
 
 
 def test_time_and_cost() -> None:
