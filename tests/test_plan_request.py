@@ -76,7 +76,9 @@ def test_stack_and_lora_dropout_change_the_plan(tunedeck) -> None:
     hf = option("--stack", "hf")
     assert trl["request"]["stack"] == "trl" and hf["request"]["stack"] == "hf"
     # a plain transformers loop builds the full logits (and their fp32 copies)
-    assert hf["breakdown"]["logits/loss"] > 5 * trl["breakdown"]["logits/loss"]
+    # (the breakdown is what is alive at the peak: TRL's chunked loss may not be there at all)
+    assert hf["breakdown"]["logits/loss"] > 5 * trl["breakdown"].get("logits/loss", 0.0)
+    assert hf["torch_peak_gib"] > trl["torch_peak_gib"]
     no_dropout = option("--lora-dropout", "0")
     assert no_dropout["request"]["lora_dropout"] == 0.0
     # dropout keeps a dropped-out copy and a mask of every wrapped input
