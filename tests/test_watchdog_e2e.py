@@ -114,10 +114,10 @@ def test_a_sigstopped_trainer_is_reported_stalled(
     assert "host RAM" in run["alert"]
     table = tunedeck("runs").stdout
     assert "running: stalled: no progress for" in table, table
-    from tui.screens.monitor import header_text
+    from tui.screens.monitor import failure_text
 
-    header = header_text(RunStore(run_dir.parent).get("frozen"), 400).plain
-    assert "! stalled: no progress for " in header, header
+    shown = failure_text(RunStore(run_dir.parent).get("frozen"))  # the line under the header
+    assert shown is not None and "! stalled: no progress for " in shown.plain, shown
     step = logged_step(run_dir)
     os.killpg(state.pgid, signal.SIGCONT)
     wait_for(lambda: logged_step(run_dir) > step + 5, 120, "training to go on")
