@@ -379,20 +379,7 @@ def estimate_memory(spec: ModelSpec, s: MemorySettings) -> MemoryEstimate:
         "allocator": allocator,
         "CUDA context": float(CUDA_CONTEXT_BYTES),
     }
-    # Every component at its own size; what is not alive at the peak moment (gradients
-    # freed before the next forward, the optimizer's temporaries during the backward pass,
-    # activations at the optimizer step) comes off in one entry, so the parts add up to the
-    # device peak.
-    overlap = device_peak - sum(breakdown.values())
-    if abs(overlap) > 1:
-        breakdown["not alive at peak"] = overlap
-    return MemoryEstimate(
-        breakdown_bytes=breakdown,
-        torch_peak_bytes=torch_peak,
-        allocated_peak_bytes=allocated,
-        device_peak_bytes=device_peak,
-        trainable_params=trainable,
-    )
+    return _estimate(breakdown, torch_peak, allocated, device_peak, trainable)
 
 
 # ---------------------------------------------------------------------- TRL (the default)
@@ -541,6 +528,20 @@ def _trl_estimate(
         "allocator": allocator,
         "CUDA context": float(CUDA_CONTEXT_BYTES),
     }
+    return _estimate(breakdown, torch_peak, allocated, device_peak, trainable)
+
+
+def _estimate(
+    breakdown: dict[str, float],
+    torch_peak: float,
+    allocated: float,
+    device_peak: float,
+    trainable: float,
+) -> MemoryEstimate:
+    """The estimate from every component at its own size. What is not alive at the peak moment
+    (gradients freed before the next forward, the optimizer's temporaries during the backward
+    pass, activations at the optimizer step) comes off in one entry, so the parts add up to the
+    device peak."""
     overlap = device_peak - sum(breakdown.values())
     if abs(overlap) > 1:
         breakdown["not alive at peak"] = overlap
